@@ -1,0 +1,1 @@
+//! The project's own mock OpenAI/Anthropic server: deterministic replies, latency, rate limits, faults.

@@ -1,0 +1,8 @@
+//! openai wire format.
+
+use super::{Message, PreparedRequest, RequestParams};
+use crate::secret::ApiKey;
+
+pub fn prepare(_base: &str, _key: &ApiKey, _params: &RequestParams, _messages: &[Message]) -> PreparedRequest {
+    todo!()
+}

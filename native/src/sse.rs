@@ -1,0 +1,1 @@
+//! Server-sent events over a byte stream, stopping at the provider's final event.
