@@ -1,1 +1,387 @@
-//! executor (in progress)
+//! The batch executor: rows in through a bounded queue, concurrent paced requests with retries,
+//! results out in chunks while the run goes on.
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::limiter::Limiter;
+use crate::provider::{self, Message, PreparedRequest};
+use crate::retry::{Backoff, ErrorType};
+use crate::transport::{self, AttemptError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Rows waiting to be dispatched; enough to keep any concurrency window full.
+const QUEUE_ROWS: usize = 4096;
+
+/// One row to send: its position in the run and its messages.
+pub struct Job {
+    pub row: u64,
+    pub messages: Vec<Message>,
+}
+
+/// The outcome of one row, after all its attempts.
+#[derive(Debug, Clone)]
+pub struct RowResult {
+    pub row: u64,
+    pub ok: bool,
+    pub output: Option<String>,
+    pub finish_reason: Option<String>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Duration of the last attempt (the one whose answer is recorded).
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub attempts: u32,
+    pub http_status: Option<u16>,
+    pub error_type: Option<&'static str>,
+    pub error: Option<String>,
+    /// Microseconds since the Unix epoch (UTC).
+    pub started_at_us: i64,
+    pub finished_at_us: i64,
+    pub request_hash: String,
+}
+
+/// What a poll found.
+pub enum Poll {
+    Rows(Vec<RowResult>),
+    /// Nothing arrived within the wait; the run goes on.
+    Idle,
+    /// Every submitted row has its result (or the run was stopped) and all were handed out.
+    Done,
+}
+
+/// Live counters, read by progress displays and kept as run metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub submitted: AtomicU64,
+    pub done: AtomicU64,
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub retrying: AtomicU64,
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+struct Shared {
+    config: RunConfig,
+    client: reqwest::Client,
+    limiter: Limiter,
+    backoff: Backoff,
+    stats: Stats,
+    cancel: CancellationToken,
+    fatal: Mutex<Option<String>>,
+    results: Mutex<Vec<RowResult>>,
+    results_ready: Condvar,
+    finished: AtomicBool,
+}
+
+impl Shared {
+    fn push(&self, result: RowResult) {
+        self.results.lock().unwrap().push(result);
+        self.results_ready.notify_all();
+    }
+
+    /// Stops the whole run: auth and quota failures would repeat on every row.
+    fn stop_fatal(&self, message: String) {
+        let mut fatal = self.fatal.lock().unwrap();
+        if fatal.is_none() {
+            *fatal = Some(message);
+        }
+        self.cancel.cancel();
+    }
+}
+
+/// A running batch. Feed it with [`Executor::submit_blocking`], drain it with [`Executor::poll`].
+pub struct Executor {
+    shared: Arc<Shared>,
+    input: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Executor {
+    /// Starts the dispatcher on `handle`; it runs until the input is closed and drained or the
+    /// run is cancelled.
+    pub fn start(config: RunConfig, handle: &tokio::runtime::Handle) -> Result<Self> {
+        let client = transport::build_client(config.concurrency);
+        let shared = Arc::new(Shared {
+            limiter: Limiter::new(config.concurrency, config.rpm, config.tpm),
+            backoff: Backoff {
+                base: Duration::from_millis(250),
+                cap: Duration::from_secs(30),
+            },
+            config,
+            client,
+            stats: Stats::default(),
+            cancel: CancellationToken::new(),
+            fatal: Mutex::new(None),
+            results: Mutex::new(Vec::new()),
+            results_ready: Condvar::new(),
+            finished: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_ROWS);
+        let dispatcher = shared.clone();
+        handle.spawn(async move {
+            dispatch(dispatcher.clone(), rx).await;
+            dispatcher.finished.store(true, Ordering::Release);
+            dispatcher.results_ready.notify_all();
+        });
+        Ok(Self {
+            shared,
+            input: Mutex::new(Some(tx)),
+        })
+    }
+
+    /// Queues rows, blocking while the queue is full. Call from a non-runtime thread.
+    pub fn submit_blocking(&self, jobs: Vec<Job>) -> Result<()> {
+        let sender = self
+            .input
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| Error::Stopped("the input of this run is already closed".into()))?;
+        for job in jobs {
+            if sender.blocking_send(job).is_err() {
+                return Err(Error::Stopped(self.stop_reason()));
+            }
+            self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// No more rows will come; the run ends when the queued ones are done.
+    pub fn close_input(&self) {
+        self.input.lock().unwrap().take();
+    }
+
+    /// Takes the results that arrived, waiting up to `wait` for the first one.
+    pub fn poll(&self, wait: Duration) -> Poll {
+        let deadline = std::time::Instant::now() + wait;
+        let mut results = self.shared.results.lock().unwrap();
+        loop {
+            if !results.is_empty() {
+                return Poll::Rows(std::mem::take(&mut *results));
+            }
+            if self.shared.finished.load(Ordering::Acquire) {
+                return Poll::Done;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Poll::Idle;
+            }
+            results = self
+                .shared
+                .results_ready
+                .wait_timeout(results, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Stops dispatching and abandons in-flight requests; their rows get no result.
+    pub fn cancel(&self) {
+        self.shared.cancel.cancel();
+        self.close_input();
+    }
+
+    /// The message of the failure that stopped the run (auth, quota), key redacted.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.shared.fatal.lock().unwrap().clone()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// The current adaptive concurrency window.
+    pub fn concurrency(&self) -> usize {
+        self.shared.limiter.concurrency()
+    }
+
+    fn stop_reason(&self) -> String {
+        self.fatal_error()
+            .unwrap_or_else(|| "the run was cancelled".to_string())
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            slot = shared.limiter.acquire_slot() => slot,
+        };
+        let job = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let worker = shared.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            if let Some(result) = run_row(&worker, job).await {
+                worker.push(result);
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    // Release the queue at once so a blocked submitter sees the stop.
+    drop(rx);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Runs one row to its outcome; `None` when the run was cancelled before it finished.
+async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
+    let config = &shared.config;
+    let request = provider::prepare(
+        config.provider,
+        &config.api_base,
+        &config.api_key,
+        &config.params,
+        &job.messages,
+    );
+    let estimate = provider::estimate_tokens(&job.messages, &config.params);
+    let request_hash = provider::request_hash(&request.body);
+    let started_at_us = now_us();
+    let stats = &shared.stats;
+    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let outcome = attempt_until_settled(shared, &request, estimate).await;
+    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let (attempts, latency, result) = outcome?;
+    let mut row = RowResult {
+        row: job.row,
+        ok: false,
+        output: None,
+        finish_reason: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        latency_ms: latency.as_secs_f64() * 1000.0,
+        ttft_ms: None,
+        attempts,
+        http_status: None,
+        error_type: None,
+        error: None,
+        started_at_us,
+        finished_at_us: now_us(),
+        request_hash,
+    };
+    stats.done.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(success) => {
+            stats.ok.fetch_add(1, Ordering::Relaxed);
+            let completion = success.completion;
+            if let Some(n) = completion.prompt_tokens {
+                stats.prompt_tokens.fetch_add(n, Ordering::Relaxed);
+            }
+            if let Some(n) = completion.completion_tokens {
+                stats.completion_tokens.fetch_add(n, Ordering::Relaxed);
+            }
+            row.ok = true;
+            row.output = Some(completion.text);
+            row.finish_reason = completion.finish_reason;
+            row.prompt_tokens = completion.prompt_tokens;
+            row.completion_tokens = completion.completion_tokens;
+            row.ttft_ms = success.ttft.map(|d| d.as_secs_f64() * 1000.0);
+            row.http_status = Some(success.http_status);
+        }
+        Err(err) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            row.http_status = err.http_status;
+            row.error_type = Some(err.kind.as_str());
+            row.error = Some(config.api_key.redact(&err.message));
+        }
+    }
+    Some(row)
+}
+
+type Settled = (u32, Duration, std::result::Result<transport::Success, AttemptError>);
+
+/// Sends until success, a permanent error, or retries run out. `None` if cancelled or fatal.
+async fn attempt_until_settled(
+    shared: &Shared,
+    request: &PreparedRequest,
+    estimate: u32,
+) -> Option<Settled> {
+    let config = &shared.config;
+    let stats = &shared.stats;
+    let mut attempt: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return None,
+            _ = shared.limiter.wait_turn(estimate) => {},
+        }
+        attempt += 1;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        let outcome = tokio::select! {
+            _ = shared.cancel.cancelled() => return None,
+            outcome = transport::send(
+                &shared.client,
+                config.provider,
+                request,
+                config.params.stream,
+                config.timeout,
+            ) => outcome,
+        };
+        let latency = sent.elapsed();
+        let err = match outcome {
+            Ok(success) => {
+                shared.limiter.on_success();
+                return Some((attempt, latency, Ok(success)));
+            }
+            Err(err) => err,
+        };
+        if matches!(err.kind, ErrorType::RateLimited | ErrorType::Overloaded) {
+            stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            shared.limiter.on_rate_limited(err.retry_after);
+        }
+        if err.kind.is_fatal() {
+            let status = err.http_status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+            shared.stop_fatal(format!(
+                "{}{status}: {}",
+                err.kind.as_str(),
+                config.api_key.redact(&err.message)
+            ));
+            return None;
+        }
+        if !err.kind.is_retryable() || attempt > config.max_retries {
+            return Some((attempt, latency, Err(err)));
+        }
+        tracing::debug!(attempt, cause = err.kind.as_str(), "retrying");
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        stats.retrying.fetch_add(1, Ordering::Relaxed);
+        let delay = shared
+            .backoff
+            .delay(attempt - 1, err.retry_after, &mut rand::rng());
+        let cancelled = tokio::select! {
+            _ = shared.cancel.cancelled() => true,
+            _ = tokio::time::sleep(delay) => false,
+        };
+        stats.retrying.fetch_sub(1, Ordering::Relaxed);
+        if cancelled {
+            return None;
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,35 @@
+# prompt-runner developer commands. `make help` lists them; CI calls `make test`.
+VENV   := .venv
+BIN    := $(VENV)/bin
+SHELL  := /bin/bash
+
+.DEFAULT_GOAL := help
+.PHONY: help build demo test test-rust test-python clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/maturin:
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet 'maturin>=1.7,<2'
+
+build: $(BIN)/maturin ## create .venv and install a release build of prompt-runner into it
+	$(BIN)/maturin develop --release --extras test --quiet
+
+demo: build ## run the example dataset on the built-in mock provider and show the result
+	$(BIN)/prompt-runner run examples/data/questions.jsonl -o runs/demo.parquet \
+		--provider mock --template-file examples/templates/question.jinja \
+		--system "Answer briefly." --concurrency 16
+	$(BIN)/python -c "import polars as pl; print(pl.read_parquet('runs/demo.parquet').select('id','question','status','output','prompt_tokens','completion_tokens','latency_ms').head(5))"
+
+test: build test-rust test-python ## build, then run every test (Rust unit tests and pytest)
+
+test-rust: ## Rust unit tests (release profile: reuses the wheel build's artifacts)
+	cargo test --release -p prompt-runner-native
+
+test-python: ## pytest end-to-end suites against the mock server
+	$(BIN)/pytest -q tests
+
+clean: ## remove build outputs, the venv and example runs
+	rm -rf target $(VENV) runs runner/_native*.so

@@ -1,0 +1,5 @@
+"""`python -m runner` runs the CLI."""
+
+from runner.cli import main
+
+main()
