@@ -18,4 +18,4 @@ class InputError(RunnerError):
 
     def __init__(self, message: str) -> None:
         # Keep the promise of one line even when a parser's message spans several.
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))
