@@ -225,7 +225,7 @@ def _explain_bad_block(path: Path, rows: list[bytes], lines: list[int], exc: Exc
         except UnicodeDecodeError as err:
             raise InputError(f"{path}:{line}: invalid JSON: not UTF-8 ({err.reason})") from None
         if not isinstance(obj, dict):
-            raise InputError(f"{path}:{line}: expected a JSON object, got {_kind(obj) if obj is not None else 'null'}")
+            raise InputError(f"{path}:{line}: expected a JSON object, got {_a(_kind(obj)) if obj is not None else 'null'}")
         for key, value in obj.items():
             if value is None:
                 continue
@@ -246,17 +246,52 @@ def _a(kind: str) -> str:
 def unify(tables: Sequence[pa.Table]) -> pa.Table:
     """Concatenate chunk tables whose schemas may differ (missing columns, int vs double, ...).
 
-    Columns missing from a table become nulls; types are promoted where Arrow can
-    (``promote_options="permissive"``). Column order is first-seen order.
+    Columns missing from a table become nulls; numbers promote to a common type and
+    strings to a common string type. A column whose types cannot be reconciled (e.g. an
+    object in one chunk and an array in another) becomes JSON text in every table, so no
+    value is silently reshaped. Column order is first-seen order.
     """
     if not tables:
         return pa.table({})
-    try:
-        return pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowException:
-        # Incompatible types (e.g. string vs struct): fall back to polars' supertype rules.
-        frames = [pl.from_arrow(t) for t in tables]
-        return pl.concat(frames, how="diagonal_relaxed").to_arrow()  # type: ignore[arg-type]
+    types: dict[str, set[pa.DataType]] = {}
+    for table in tables:
+        for fld in table.schema:
+            types.setdefault(fld.name, set()).add(fld.type)
+    conflicts = {name for name, ts in types.items() if not _promotable(ts)}
+    if conflicts:
+        tables = [_json_columns(t, conflicts) for t in tables]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _promotable(types: set[pa.DataType]) -> bool:
+    concrete = {t for t in types if not pa.types.is_null(t)}
+    if len(concrete) <= 1:
+        return True
+    kinds = {
+        "number" if pa.types.is_integer(t) or pa.types.is_floating(t)
+        else "string" if pa.types.is_string(t) or pa.types.is_large_string(t)
+        else str(t)
+        for t in concrete
+    }
+    return len(kinds) == 1 and kinds <= {"number", "string"}
+
+
+def _json_columns(table: pa.Table, names: set[str]) -> pa.Table:
+    """Replace ``names`` (those present) by their values' JSON text, column-wise via polars."""
+    present = [n for n in table.column_names if n in names]
+    if not present:
+        return table
+    frame = pl.from_arrow(table.select(present))
+    assert isinstance(frame, pl.DataFrame)
+    encoded = frame.select(
+        pl.when(pl.col(n).is_not_null())
+        .then(pl.struct(pl.col(n).alias("v")).struct.json_encode().str.slice(5).str.strip_suffix("}"))
+        .alias(n)
+        for n in present
+    ).to_arrow()
+    for n in present:
+        table = table.set_column(table.column_names.index(n), n, encoded.column(n).cast(pa.large_string()))
+    return table
 
 
 def scan(paths: Sequence[Path], request: RequestSpec, chunk_rows: int = 8192) -> ScanSummary:
