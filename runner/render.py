@@ -36,8 +36,15 @@ class RequestSpec:
     id_column: str | None = None
 
 
+def _finalize(value: Any) -> Any:
+    # A null cell (or a key missing from a JSONL row) prints as nothing, not as "None".
+    return "" if value is None else value
+
+
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return jinja2.Environment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize
+    )
 
 
 @lru_cache(maxsize=16)
