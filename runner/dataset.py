@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 import polars as pl
 import pyarrow as pa
@@ -25,10 +25,10 @@ __all__ = [
     "SUFFIXES",
     "Chunk",
     "ScanSummary",
-    "resolve_inputs",
     "iter_chunks",
-    "unify",
+    "resolve_inputs",
     "scan",
+    "unify",
 ]
 
 #: File name endings accepted as input (directories and globs pick only these).
@@ -54,7 +54,7 @@ class Chunk:
 
     @property
     def num_rows(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
     @property
     def is_parquet(self) -> bool:
@@ -153,7 +153,7 @@ def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[Chunk]:
 def _open_binary(path: Path) -> IO[bytes]:
     try:
         if path.name.endswith(".gz"):
-            return gzip.open(path, "rb")
+            return cast("IO[bytes]", gzip.open(path, "rb"))
         return open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from exc
@@ -225,16 +225,16 @@ def _explain_bad_block(path: Path, rows: list[bytes], lines: list[int], exc: Exc
         except UnicodeDecodeError as err:
             raise InputError(f"{path}:{line}: invalid JSON: not UTF-8 ({err.reason})") from None
         if not isinstance(obj, dict):
-            raise InputError(f"{path}:{line}: expected a JSON object, got {_a(_kind(obj)) if obj is not None else 'null'}")
+            raise InputError(
+                f"{path}:{line}: expected a JSON object, got {_a(_kind(obj)) if obj is not None else 'null'}"
+            )
         for key, value in obj.items():
             if value is None:
                 continue
             kind = _kind(value)
             seen = first_kind.setdefault(key, (kind, line))
             if seen[0] != kind:
-                raise InputError(
-                    f"{path}:{line}: field '{key}' is {_a(kind)} here but {_a(seen[0])} on line {seen[1]}"
-                )
+                raise InputError(f"{path}:{line}: field '{key}' is {_a(kind)} here but {_a(seen[0])} on line {seen[1]}")
     # Every line is a JSON object with consistent top-level types: the conflict is nested.
     raise InputError(f"{path}:{lines[0]}-{lines[-1]}: cannot read JSON lines: {exc}")
 
@@ -268,8 +268,10 @@ def _promotable(types: set[pa.DataType]) -> bool:
     if len(concrete) <= 1:
         return True
     kinds = {
-        "number" if pa.types.is_integer(t) or pa.types.is_floating(t)
-        else "string" if pa.types.is_string(t) or pa.types.is_large_string(t)
+        "number"
+        if pa.types.is_integer(t) or pa.types.is_floating(t)
+        else "string"
+        if pa.types.is_string(t) or pa.types.is_large_string(t)
         else str(t)
         for t in concrete
     }

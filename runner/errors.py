@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RunnerError", "InputError"]
+__all__ = ["InputError", "RunnerError"]
 
 
 class RunnerError(Exception):

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Progress", "summary", "format_count", "format_duration"]
+__all__ = ["Progress", "format_count", "format_duration", "summary"]
 
 
 def format_count(n: float) -> str:
@@ -25,7 +25,7 @@ def format_count(n: float) -> str:
 
 def format_duration(seconds: float) -> str:
     """``18s``, ``3m05s``, ``1h02m``."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -65,7 +65,7 @@ class Progress:
         self._task: Any = None
 
     # -- context manager -------------------------------------------------------------------
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Progress:  # noqa: PYI034 - subclassing is not expected
         self._start = self._last_plain = self._clock()
         if self._tty:
             self._start_rich()
@@ -179,7 +179,8 @@ def _as_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
     if isinstance(rows, pa.Table):
         return rows
     if hasattr(rows, "to_arrow"):  # polars DataFrame
-        return rows.to_arrow()  # type: ignore[no-any-return]
+        table: pa.Table = rows.to_arrow()
+        return table
     return pa.Table.from_pylist(list(rows))
 
 

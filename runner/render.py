@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from runner.dataset import Chunk, place
 from runner.errors import InputError
 
-__all__ = ["RequestSpec", "Renderer", "plan", "ROLES"]
+__all__ = ["ROLES", "Renderer", "RequestSpec", "plan"]
 
 #: Roles a ``messages`` row may use.
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -159,7 +159,7 @@ class Renderer:
         """Row ids as strings: the id column's values, else positions ``offset .. offset+n-1``."""
         n = table.num_rows
         if self.id_column is None:
-            return pc.cast(pa.array(range(offset, offset + n), pa.int64()), pa.string()).to_pylist()
+            return [str(i) for i in range(offset, offset + n)]
         col = _column(table, self.id_column)
         try:
             values = pc.cast(col, pa.string())
@@ -170,7 +170,8 @@ class Renderer:
         if values.null_count:
             row = pc.index(pc.is_null(values), True).as_py()
             raise InputError(f"{_Places(self.where, at)(row)}: missing id (column '{self.id_column}' is null)")
-        return values.to_pylist()
+        ids: list[str] = values.to_pylist()
+        return ids
 
     def _render_template(self, table: pa.Table, places: _Places) -> pl.Series:
         assert self._template is not None
@@ -198,8 +199,12 @@ def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
 
 def _texts(table: pa.Table, name: str, places: _Places) -> pl.Series:
     col = _column(table, name)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)
-            or pa.types.is_string_view(col.type)):
+    if not (
+        pa.types.is_string(col.type)
+        or pa.types.is_large_string(col.type)
+        or pa.types.is_null(col.type)
+        or pa.types.is_string_view(col.type)
+    ):
         row = pc.index(pc.is_valid(col), True).as_py()
         raise InputError(f"{places(max(row, 0))}: '{name}' must be a string, not {col.type}")
     series = pl.Series("t", col.cast(pa.large_string()))
@@ -216,11 +221,15 @@ def _check_nonempty(series: pl.Series, places: _Places, what: str) -> None:
 def _user_messages(texts: pl.Series) -> list[str]:
     """Encode each text as ``[{"role":"user","content":TEXT}]`` column-wise."""
     frame = pl.DataFrame({"t": texts})
-    return frame.select(
-        pl.concat_str(
-            pl.lit("["), pl.struct(role=pl.lit("user"), content=pl.col("t")).struct.json_encode(), pl.lit("]")
+    return (
+        frame.select(
+            pl.concat_str(
+                pl.lit("["), pl.struct(role=pl.lit("user"), content=pl.col("t")).struct.json_encode(), pl.lit("]")
+            )
         )
-    ).to_series().to_list()
+        .to_series()
+        .to_list()
+    )
 
 
 def _batch_messages(table: pa.Table, places: _Places) -> pa.ChunkedArray:
@@ -263,16 +272,20 @@ def _messages_json(col: pa.ChunkedArray, places: _Places) -> list[str]:
         raise InputError(f"{places(pc.index(bad, True).as_py())}: {_BAD_MESSAGES}")
     frame = pl.DataFrame({"m": pl.Series("m", arr)})
     inner = pl.element().struct
-    return frame.select(
-        pl.struct(pl.col("m").list.eval(pl.struct(inner.field("role"), inner.field("content"))))
-        .struct.json_encode()
-        .str.slice(5)  # drop '{"m":'
-        .str.strip_suffix("}")
-    ).to_series().to_list()
+    return (
+        frame.select(
+            pl.struct(pl.col("m").list.eval(pl.struct(inner.field("role"), inner.field("content"))))
+            .struct.json_encode()
+            .str.slice(5)  # drop '{"m":'
+            .str.strip_suffix("}")
+        )
+        .to_series()
+        .to_list()
+    )
 
 
 def _first_valid(col: pa.ChunkedArray) -> int:
-    return max(pc.index(pc.is_valid(col), True).as_py(), 0)
+    return max(int(pc.index(pc.is_valid(col), True).as_py()), 0)
 
 
 def _messages_from_text(values: list[Any], places: _Places) -> list[str]:
@@ -286,9 +299,7 @@ def _messages_from_text(values: list[Any], places: _Places) -> list[str]:
         if not (
             isinstance(msgs, list)
             and msgs
-            and all(
-                isinstance(m, dict) and m.get("role") in ROLES and m.get("content") is not None for m in msgs
-            )
+            and all(isinstance(m, dict) and m.get("role") in ROLES and m.get("content") is not None for m in msgs)
         ):
             raise InputError(f"{places(row)}: {_BAD_MESSAGES}")
         out.append(

@@ -149,7 +149,9 @@ def test_invalid_json_line_counts_blank_lines(tmp_path: Path) -> None:
         list(iter_chunks([path]))
 
 
-@pytest.mark.parametrize(("line", "kind"), [("[1, 2]", "an array"), ('"text"', "a string"), ("null", "null"), ("3", "a number")])
+@pytest.mark.parametrize(
+    ("line", "kind"), [("[1, 2]", "an array"), ('"text"', "a string"), ("null", "null"), ("3", "a number")]
+)
 def test_non_object_line(tmp_path: Path, line: str, kind: str) -> None:
     path = write_lines(tmp_path / "d.jsonl", ['{"a": 1}', line, '{"a": 3}'])
     with pytest.raises(InputError) as info:
@@ -237,7 +239,9 @@ def test_scan_empty_or_missing_id_named_with_line(tmp_path: Path, bad: str | Non
 
 
 def test_scan_numeric_ids_are_strings_and_checked(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [{"k": 1, "prompt": "a"}, {"k": 2, "prompt": "b"}, {"k": 1, "prompt": "c"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"k": 1, "prompt": "a"}, {"k": 2, "prompt": "b"}, {"k": 1, "prompt": "c"}]
+    )
     with pytest.raises(InputError, match=r"d\.jsonl:3: duplicate id '1'$"):
         scan([path], RequestSpec(id_column="k"))
 

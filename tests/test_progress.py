@@ -28,8 +28,14 @@ def test_plain_mode_writes_status_every_interval_and_at_exit() -> None:
     with Progress(5000, "prompt-runner", out, interval_plain=10.0, clock=clock) as p:
         for second in range(1, 25):  # ~5 polls per second would also print only every 10 s
             clock.now = 1000.0 + second
-            p.update(done=50 * second, ok=49 * second, failed=second, retrying=3,
-                     prompt_tokens=1000 * second, completion_tokens=500 * second)
+            p.update(
+                done=50 * second,
+                ok=49 * second,
+                failed=second,
+                retrying=3,
+                prompt_tokens=1000 * second,
+                completion_tokens=500 * second,
+            )
     lines = out.getvalue().splitlines()
     assert lines == [
         "[prompt-runner] 500/5000 rows (10%) ok=490 failed=10 retrying=3 50.0 rows/s 1.5k tok/s elapsed 10s eta 1m30s",
@@ -104,7 +110,14 @@ def test_summary_empty_run() -> None:
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_summary_all_ok_has_no_error_line(n: int) -> None:
-    table = pa.table({"status": ["ok"] * n, "error_type": pa.nulls(n, pa.string()), "prompt_tokens": [5] * n,
-                      "completion_tokens": [1] * n, "latency_ms": [10] * n})
+    table = pa.table(
+        {
+            "status": ["ok"] * n,
+            "error_type": pa.nulls(n, pa.string()),
+            "prompt_tokens": [5] * n,
+            "completion_tokens": [1] * n,
+            "latency_ms": [10] * n,
+        }
+    )
     text = summary(table, 1.0)
     assert "errors:" not in text and f"status: ok={n}" in text and "p50=10 ms" in text

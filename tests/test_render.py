@@ -96,7 +96,11 @@ def test_render_messages_passthrough_exact_json() -> None:
         {
             "messages": [
                 [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-                [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+                [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ],
             ]
         }
     )
@@ -114,8 +118,12 @@ def test_render_messages_stored_as_json_text() -> None:
 
 
 def test_render_openai_batch_lines(tmp_path: Path) -> None:
-    line = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "m", "messages": [{"role": "user", "content": "hey"}]}}
+    line = {
+        "custom_id": "req-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hey"}]},
+    }
     path = write_lines(tmp_path / "batch.jsonl", [json.dumps(line)])
     chunk = next(iter_chunks([path]))
     r = plan(chunk.table.column_names, RequestSpec(), str(path))
@@ -146,7 +154,10 @@ def test_render_messages_validation_names_line(tmp_path: Path, bad: object) -> N
         else:
             msg = error_of(r.render, chunk.table, chunk)
             break
-    assert msg == f"{path}:5: messages must be a non-empty list of {{role, content}} objects with role system, user or assistant"
+    assert (
+        msg
+        == f"{path}:5: messages must be a non-empty list of {{role, content}} objects with role system, user or assistant"
+    )
 
 
 def test_render_messages_wrong_shape() -> None:
@@ -212,5 +223,8 @@ def test_ids_from_id_column_as_strings() -> None:
 
 def test_ids_null_and_nested_are_errors() -> None:
     table = pa.table({"prompt": ["a", "b"], "key": ["k1", None], "obj": [{"a": 1}, {"a": 2}]})
-    assert error_of(planned(table, RequestSpec(id_column="key")).ids, table, 0, 5) == "d.jsonl:6: missing id (column 'key' is null)"
+    assert (
+        error_of(planned(table, RequestSpec(id_column="key")).ids, table, 0, 5)
+        == "d.jsonl:6: missing id (column 'key' is null)"
+    )
     assert "must hold strings or numbers" in error_of(planned(table, RequestSpec(id_column="obj")).ids, table, 0)
