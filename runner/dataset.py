@@ -34,6 +34,7 @@ __all__ = [
 #: File name endings accepted as input (directories and globs pick only these).
 SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".parquet")
 _GLOB_CHARS = frozenset("*?[")
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -171,6 +172,8 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[Chunk]:
                 contiguous = True
                 for raw in fh:
                     line_no += 1
+                    if line_no == 1 and raw.startswith(_BOM):
+                        raw = raw[len(_BOM) :]  # Windows editors write one; JSON parsers reject it
                     if raw.isspace() or not raw:
                         if rows:
                             contiguous = False

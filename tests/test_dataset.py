@@ -110,6 +110,14 @@ def test_jsonl_blank_lines_skipped_and_lines_kept(tmp_path: Path) -> None:
     assert [chunks[0].line_of(i) for i in range(3)] == [2, 3, 6]
 
 
+def test_crlf_bom_and_missing_final_newline(tmp_path: Path) -> None:
+    path = tmp_path / "win.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\r\n\r\n{"prompt": "b"}\r\n{"prompt": "c"}')
+    chunks, got = read_all([path])
+    assert got == [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]
+    assert [chunks[0].line_of(i) for i in range(3)] == [1, 3, 4]
+
+
 def test_gz_and_parquet_and_file_order(tmp_path: Path) -> None:
     a = write_jsonl(tmp_path / "a.jsonl.gz", rows(4))
     b = tmp_path / "b.parquet"
