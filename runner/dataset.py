@@ -6,6 +6,7 @@ import glob
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "Chunk",
     "ScanSummary",
     "iter_chunks",
+    "place",
     "resolve_inputs",
     "scan",
     "unify",
@@ -182,7 +184,7 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[Chunk]:
                     lines.append(line_no)
                     if len(rows) == chunk_rows:
                         break
-            except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
                 raise InputError(f"{path}:{line_no + 1}: cannot read: {exc}") from exc
             if not rows:
                 return
@@ -236,7 +238,8 @@ def _explain_bad_block(path: Path, rows: list[bytes], lines: list[int], exc: Exc
                 continue
             kind = _kind(value)
             seen = first_kind.setdefault(key, (kind, line))
-            if seen[0] != kind:
+            # Mixed scalars are coerced by the parser; only object/array mixes make it fail.
+            if seen[0] != kind and {seen[0], kind} & {"array", "object"}:
                 raise InputError(f"{path}:{line}: field '{key}' is {_a(kind)} here but {_a(seen[0])} on line {seen[1]}")
     # Every line is a JSON object with consistent top-level types: the conflict is nested.
     raise InputError(f"{path}:{lines[0]}-{lines[-1]}: cannot read JSON lines: {exc}")

@@ -168,7 +168,7 @@ def test_non_object_line(tmp_path: Path, line: str, kind: str) -> None:
 
 
 def test_conflicting_nested_types_name_the_line(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "d.jsonl", ['{"a": {"x": 1}}', '{"a": {"x": 2}}', '{"a": [1]}'])
+    path = write_lines(tmp_path / "d.jsonl", ['{"a": {"x": 1}, "b": 1}', '{"a": {"x": 2}, "b": "s"}', '{"a": [1]}'])
     with pytest.raises(InputError) as info:
         list(iter_chunks([path]))
     assert str(info.value) == f"{path}:3: field 'a' is an array here but an object on line 1"
@@ -186,6 +186,19 @@ def test_bounded_reading_many_small_chunks(tmp_path: Path) -> None:
         sizes.append(chunk.num_rows)
     assert sum(sizes) == n
     assert len(sizes) == -(-n // chunk_rows)
+
+
+def test_mixed_scalars_in_a_block_are_coerced_not_errors(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "d.jsonl", ['{"b": 1}', '{"b": "s"}'])
+    _, got = read_all([path])
+    assert got == [{"b": "1"}, {"b": "s"}]
+
+
+def test_truncated_gzip_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"prompt": "a"}\n' * 1000)[:-20])
+    with pytest.raises(InputError, match=r"d\.jsonl\.gz:\d+: cannot read: "):
+        list(iter_chunks([path]))
 
 
 def test_chunk_schemas_may_differ_and_unify_promotes(tmp_path: Path) -> None:
