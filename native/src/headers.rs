@@ -31,7 +31,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             "m" => 60.0,
             "s" => 1.0,
             "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
+            // Go writes micro as U+00B5 and accepts U+03BC too.
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
             "ns" => 1e-9,
             _ => return None,
         };
@@ -149,6 +150,8 @@ mod tests {
             (" 2s ", Some(ms(2_000))),
             ("0s", Some(Duration::ZERO)),
             ("250us", Some(Duration::from_micros(250))),
+            ("3\u{b5}s", Some(Duration::from_micros(3))),
+            ("1.5\u{3bc}s", Some(Duration::from_nanos(1_500))),
             ("", None),
             ("-1", None),
             ("-1s", None),

@@ -12,7 +12,9 @@ use futures_util::{Stream, StreamExt};
 /// One dispatched event. `event` is `message` when the server sent no `event:` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
+    /// The `event:` field, or `message` when absent.
     pub event: String,
+    /// The `data:` lines, joined with `\n`.
     pub data: String,
 }
 

@@ -6,6 +6,7 @@
 use crate::headers;
 use crate::provider::{self, Accumulator, Completion, PreparedRequest, ProviderKind, StreamStep};
 use crate::retry::{classify_status, ErrorType};
+use crate::secret::ApiKey;
 use crate::sse::{self, SseError};
 use futures_util::{FutureExt, StreamExt};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,8 +48,7 @@ pub struct Success {
 }
 
 /// A failed attempt, classified for the retry policy. `message` never contains request
-/// headers, so never the key; provider messages may still echo it, so callers redact with
-/// `ApiKey::redact` before printing.
+/// headers, and a key the provider echoes back is redacted from it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct AttemptError {
@@ -95,7 +95,7 @@ pub async fn send_with(
 ) -> Result<Success, AttemptError> {
     let mut status = None;
     let attempt = attempt(client, kind, req, stream, &mut status, &mut on_delta);
-    match tokio::time::timeout(timeout, attempt).await {
+    let result = match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(AttemptError::new(
             ErrorType::Timeout,
@@ -105,6 +105,24 @@ pub async fn send_with(
                 humantime::format_duration(timeout)
             ),
         )),
+    };
+    result.map_err(|mut error| {
+        error.message = redact_key(req, &error.message);
+        error
+    })
+}
+
+/// Providers echo keys (whole or masked) in 401 messages; remove them here, where the key is
+/// known, so no caller can print one by accident.
+fn redact_key(req: &PreparedRequest, message: &str) -> String {
+    let key = req.headers.iter().find_map(|(name, value)| match *name {
+        "authorization" => Some(value.strip_prefix("Bearer ").unwrap_or(value)),
+        "x-api-key" | "api-key" => Some(value.as_str()),
+        _ => None,
+    });
+    match key {
+        Some(key) => ApiKey::new(key).redact(message),
+        None => message.to_string(),
     }
 }
 
@@ -148,20 +166,17 @@ async fn attempt(
             .bytes()
             .await
             .map_err(|e| request_error(&e, Some(status)))?;
-        if stream {
-            // Some gateways answer a stream request with a JSON error and a 200.
-            let message = format!(
-                "expected an event stream, got JSON: {}",
-                provider::error_message(kind, &body)
-            );
-            return Err(AttemptError::new(
-                ErrorType::InvalidResponse,
-                Some(status),
-                message,
-            ));
-        }
-        let completion = provider::parse_response(kind, &body)
-            .map_err(|m| AttemptError::new(ErrorType::InvalidResponse, Some(status), m))?;
+        // A server that ignores `stream: true` still sent a whole answer, not a partial one;
+        // a JSON error with a 200 (some gateways) fails to parse and is reported as such.
+        let completion = provider::parse_response(kind, &body).map_err(|message| {
+            let message = if stream {
+                let error = provider::error_message(kind, &body);
+                format!("expected an event stream, got JSON: {error}")
+            } else {
+                message
+            };
+            AttemptError::new(ErrorType::InvalidResponse, Some(status), message)
+        })?;
         return Ok(Success {
             completion,
             http_status: status,
@@ -540,6 +555,48 @@ mod tests {
         assert_eq!(err.kind, ErrorType::Auth);
         assert!(err.kind.is_fatal());
         assert!(!err.message.contains(KEY));
+        // A provider echoing the key whole gets it redacted too.
+        let body = format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}"}}}}"#);
+        let reply = Reply::Writes(vec![response("401 Unauthorized", &[], &body)]);
+        let err = call(ProviderKind::OpenAi, reply, false)
+            .await
+            .expect_err("401");
+        assert!(err.message.contains("Incorrect API key provided"));
+        assert!(!err.message.contains("secret-key"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn stream_request_answered_with_json() {
+        let body = r#"{"choices":[{"message":{"content":"whole"},"finish_reason":"stop"}]}"#;
+        let head = ["content-type: application/json"];
+        let reply = Reply::Writes(vec![response("200 OK", &head, body)]);
+        let ok = call(ProviderKind::OpenAi, reply, true)
+            .await
+            .expect("complete JSON");
+        assert_eq!((ok.completion.text.as_str(), ok.ttft), ("whole", None));
+        let body = r#"{"error":{"message":"upstream failed","type":"server_error"}}"#;
+        let reply = Reply::Writes(vec![response("200 OK", &head, body)]);
+        let err = call(ProviderKind::OpenAi, reply, true)
+            .await
+            .expect_err("JSON error");
+        assert_eq!(err.kind, ErrorType::InvalidResponse);
+        assert!(err.message.contains("upstream failed"));
+    }
+
+    #[test]
+    fn send_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        crate::runtime::install_crypto_provider();
+        let client = build_client(1);
+        let req = request(ProviderKind::Anthropic, "http://127.0.0.1:9", true);
+        let future = send(
+            &client,
+            ProviderKind::Anthropic,
+            &req,
+            true,
+            Duration::from_secs(1),
+        );
+        assert_send(&future);
     }
 
     #[tokio::test]

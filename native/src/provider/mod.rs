@@ -104,7 +104,9 @@ pub enum StreamStep {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct StreamFailure {
+    /// How the retry policy should treat it (`IncompleteStream`, `Overloaded`, ...).
     pub kind: ErrorType,
+    /// What happened, for the output's `error` column.
     pub message: String,
 }
 
