@@ -218,7 +218,7 @@ async fn attempt(
             Ok(StreamStep::Delta(n)) => {
                 ttft.get_or_insert_with(|| started.elapsed());
                 let text = acc.text();
-                on_delta(&text[text.len() - n..]);
+                on_delta(text.get(text.len().saturating_sub(n)..).unwrap_or_default());
             }
             Ok(StreamStep::Continue) => {}
             Err(failure) => {
