@@ -1,12 +1,17 @@
 //! Provider wire formats: building requests and reading responses for OpenAI and Anthropic.
 //!
 //! CONTRACT (used by transport.rs and executor.rs; keep these names and signatures):
+//! `prepare`, `parse_response`, `error_message`, `Accumulator`, `StreamStep`, `StreamFailure`,
+//! `estimate_tokens`, `request_hash`.
 
 pub mod anthropic;
 pub mod openai;
 
+use crate::retry::ErrorType;
 use crate::secret::ApiKey;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
 
 /// Which wire format a run speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -65,5 +70,325 @@ pub fn prepare(
     match kind {
         ProviderKind::OpenAi => openai::prepare(base, key, params, messages),
         ProviderKind::Anthropic => anthropic::prepare(base, key, params, messages),
+    }
+}
+
+/// Reads a non-streaming 2xx body into a [`Completion`]; `Err` explains what was wrong with it.
+pub fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Completion, String> {
+    match kind {
+        ProviderKind::OpenAi => openai::parse_response(body),
+        ProviderKind::Anthropic => anthropic::parse_response(body),
+    }
+}
+
+/// The provider's own message from an error body, else the body itself, shortened.
+pub fn error_message(kind: ProviderKind, body: &[u8]) -> String {
+    match kind {
+        ProviderKind::OpenAi => openai::error_message(body),
+        ProviderKind::Anthropic => anthropic::error_message(body),
+    }
+}
+
+/// What one server-sent event did to a stream being assembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStep {
+    /// Nothing visible changed (metadata, usage, ping).
+    Continue,
+    /// This many bytes of text were appended to the completion.
+    Delta(usize),
+    /// The provider's final event: stop reading.
+    Done,
+}
+
+/// A stream that failed: an error event from the provider, a malformed event, or an early end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct StreamFailure {
+    /// How the retry policy should treat it (`IncompleteStream`, `Overloaded`, ...).
+    pub kind: ErrorType,
+    /// What happened, for the output's `error` column.
+    pub message: String,
+}
+
+impl StreamFailure {
+    pub fn new(kind: ErrorType, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Assembles a streamed completion for either provider, event by event.
+#[derive(Debug)]
+pub enum Accumulator {
+    OpenAi(openai::StreamAccumulator),
+    Anthropic(anthropic::StreamAccumulator),
+}
+
+impl Accumulator {
+    pub fn new(kind: ProviderKind) -> Self {
+        match kind {
+            ProviderKind::OpenAi => Accumulator::OpenAi(openai::StreamAccumulator::new()),
+            ProviderKind::Anthropic => Accumulator::Anthropic(anthropic::StreamAccumulator::new()),
+        }
+    }
+
+    /// Feeds one event (`event` is the SSE event name, `message` when the server sent none).
+    pub fn on_event(&mut self, event: &str, data: &str) -> Result<StreamStep, StreamFailure> {
+        match self {
+            Accumulator::OpenAi(acc) => acc.on_event(event, data),
+            Accumulator::Anthropic(acc) => acc.on_event(event, data),
+        }
+    }
+
+    /// The text so far; after `Delta(n)`, its last `n` bytes are the new piece.
+    pub fn text(&self) -> &str {
+        match self {
+            Accumulator::OpenAi(acc) => acc.text(),
+            Accumulator::Anthropic(acc) => acc.text(),
+        }
+    }
+
+    /// The completion, or `IncompleteStream` when the final event never came.
+    pub fn finish(self) -> Result<Completion, StreamFailure> {
+        match self {
+            Accumulator::OpenAi(acc) => acc.finish(),
+            Accumulator::Anthropic(acc) => acc.finish(),
+        }
+    }
+}
+
+/// `max_tokens` Anthropic requires and we send when the run sets none; also what
+/// [`estimate_tokens`] charges for the reply then.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// Tokens a request may use, for charging the TPM limiter before sending it.
+///
+/// Like the providers' own limiters, this counts the prompt (about 4 characters a token, plus a
+/// few tokens of framing per message) and the whole `max_tokens` budget, because the reply's
+/// length is unknown until it arrives. With no `max_tokens`, [`DEFAULT_MAX_TOKENS`] is charged.
+pub fn estimate_tokens(messages: &[Message], params: &RequestParams) -> u32 {
+    const PER_MESSAGE: u64 = 4;
+    const PER_REQUEST: u64 = 3;
+    let mut chars: u64 = params
+        .system
+        .as_deref()
+        .map_or(0, |s| s.chars().count() as u64);
+    let mut framing = PER_REQUEST + PER_MESSAGE * u64::from(params.system.is_some());
+    for message in messages {
+        chars += content_chars(&message.content);
+        framing += PER_MESSAGE;
+    }
+    let reply = u64::from(params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+    let total = chars.div_ceil(4) + framing + reply;
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
+/// Characters of text in a message's content: a string, or the `text` of its parts.
+fn content_chars(content: &serde_json::Value) -> u64 {
+    match content {
+        serde_json::Value::String(s) => s.chars().count() as u64,
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("text") {
+                Some(serde_json::Value::String(s)) => s.chars().count() as u64,
+                // Images and other parts: a rough flat charge rather than their base64 length.
+                _ => 256,
+            })
+            .sum(),
+        serde_json::Value::Null => 0,
+        other => other.to_string().chars().count() as u64,
+    }
+}
+
+/// A stable id for a request body (hex SHA-256, first 32 characters), for caching and resume.
+pub fn request_hash(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    let mut hex = String::with_capacity(32);
+    for byte in &digest[..16] {
+        use fmt::Write;
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// The `error` object both providers put in error bodies (and in mid-stream error events).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ErrorFields {
+    /// `type` (Anthropic, OpenAI).
+    pub kind: Option<String>,
+    /// `code` (OpenAI; a string, a number or null depending on the provider or proxy).
+    pub code: Option<String>,
+    pub message: String,
+}
+
+/// Finds the `error` object in an error body, if it is JSON with one.
+pub(crate) fn error_fields(body: &[u8]) -> Option<ErrorFields> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: serde_json::Value,
+    }
+    let envelope: Envelope = serde_json::from_slice(body).ok()?;
+    error_object(&envelope.error)
+}
+
+/// Reads an `error` value: usually an object with type/code/message, sometimes just a string.
+pub(crate) fn error_object(value: &serde_json::Value) -> Option<ErrorFields> {
+    use serde_json::Value;
+    match value {
+        Value::String(message) => Some(ErrorFields {
+            message: message.clone(),
+            ..ErrorFields::default()
+        }),
+        Value::Object(map) => {
+            let text = |key: &str| match map.get(key)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Null => None,
+                other => Some(other.to_string()),
+            };
+            Some(ErrorFields {
+                kind: text("type"),
+                code: text("code"),
+                message: text("message").unwrap_or_default(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Shared body of the providers' `error_message`: `type: message`, else the raw body, shortened.
+pub(crate) fn describe_error_body(body: &[u8]) -> String {
+    match error_fields(body) {
+        Some(fields) if !fields.message.is_empty() => match fields.kind.or(fields.code) {
+            Some(kind) => truncate(&format!("{kind}: {}", fields.message), 1000),
+            None => truncate(&fields.message, 1000),
+        },
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                "(empty body)".to_string()
+            } else {
+                truncate(text, 300)
+            }
+        }
+    }
+}
+
+/// Shortens `text` to at most `max` bytes on a char boundary, marking the cut.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A message as sent: dataset messages are borrowed, the run's system prompt is a plain string.
+#[derive(Serialize)]
+pub(crate) struct OutMessage<'a> {
+    pub role: &'a str,
+    pub content: Content<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum Content<'a> {
+    Text(&'a str),
+    Json(&'a serde_json::Value),
+}
+
+/// Usage counts as both providers name them.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Usage {
+    #[serde(default, alias = "input_tokens")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default, alias = "output_tokens")]
+    pub completion_tokens: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn msg(role: &str, content: serde_json::Value) -> Message {
+        Message {
+            role: role.into(),
+            content,
+        }
+    }
+
+    #[test]
+    fn request_hash_is_32_hex_of_sha256() {
+        // sha256("") = e3b0c44298fc1c149afbf4c8996fb924 27ae41e4649b934ca495991b7852b855
+        assert_eq!(request_hash(b""), "e3b0c44298fc1c149afbf4c8996fb924");
+        assert_eq!(request_hash(b"abc"), "ba7816bf8f01cfea414140de5dae2223");
+    }
+
+    #[test]
+    fn estimate_counts_prompt_and_reply_budget() {
+        let params = RequestParams {
+            max_tokens: Some(100),
+            system: Some("abcd".repeat(10)),
+            ..RequestParams::default()
+        };
+        let messages = [
+            msg("user", json!("x".repeat(400))),
+            msg("user", json!([{"type": "text", "text": "y".repeat(40)}])),
+        ];
+        // (40 + 400 + 40) / 4 = 120 prompt tokens, 3 + 3 * 4 framing, 100 reply.
+        assert_eq!(estimate_tokens(&messages, &params), 120 + 15 + 100);
+        let no_max = RequestParams::default();
+        assert_eq!(estimate_tokens(&[], &no_max), 3 + DEFAULT_MAX_TOKENS);
+    }
+
+    #[test]
+    fn error_bodies_of_both_shapes() {
+        let openai = br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+        let fields = error_fields(openai).expect("openai error");
+        assert_eq!(fields.code.as_deref(), Some("invalid_api_key"));
+        assert_eq!(fields.message, "Incorrect API key provided");
+        let anthropic =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            describe_error_body(anthropic),
+            "overloaded_error: Overloaded"
+        );
+        assert_eq!(
+            describe_error_body(br#"{"error":{"code":429,"message":"slow"}}"#),
+            "429: slow"
+        );
+        assert_eq!(describe_error_body(br#"{"error":"plain"}"#), "plain");
+        assert_eq!(describe_error_body(b""), "(empty body)");
+        let html = format!("<html>{}</html>", "é".repeat(400));
+        let short = describe_error_body(html.as_bytes());
+        assert!(short.len() <= 304 && short.ends_with('…'));
+    }
+
+    #[test]
+    fn dispatch_reaches_each_provider() {
+        let openai = br#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}]}"#;
+        assert_eq!(
+            parse_response(ProviderKind::OpenAi, openai).map(|c| c.text),
+            Ok("hi".into())
+        );
+        let anthropic = br#"{"content":[{"type":"text","text":"yo"}],"stop_reason":"end_turn"}"#;
+        assert_eq!(
+            parse_response(ProviderKind::Anthropic, anthropic).map(|c| c.text),
+            Ok("yo".into())
+        );
+        let mut acc = Accumulator::new(ProviderKind::OpenAi);
+        assert_eq!(acc.on_event("message", "[DONE]"), Ok(StreamStep::Done));
+        assert!(acc.finish().is_ok());
+        let acc = Accumulator::new(ProviderKind::Anthropic);
+        assert_eq!(
+            acc.finish().map_err(|f| f.kind),
+            Err(ErrorType::IncompleteStream)
+        );
     }
 }
