@@ -115,7 +115,7 @@ class Batch:
         self.run_id = uuid.uuid4().hex[:12]
         self.inflight = InFlight()
         self.feed_error: BaseException | None = None
-        self._renderers: dict[tuple[Path, tuple[str, ...]], Renderer] = {}
+        self._renderers: dict[Path, Renderer] = {}
 
     # -- preflight -------------------------------------------------------------------------
 
@@ -125,10 +125,10 @@ class Batch:
         return "id" if first is not None and "id" in first.table.column_names else None
 
     def _renderer(self, chunk_path: Path, table: pa.Table) -> Renderer:
-        key = (chunk_path, tuple(table.column_names))
-        if key not in self._renderers:
-            self._renderers[key] = plan(table.column_names, self.spec, str(chunk_path))
-        return self._renderers[key]
+        # Planned once per file from its first chunk, as `scan` checked it.
+        if chunk_path not in self._renderers:
+            self._renderers[chunk_path] = plan(table.column_names, self.spec, str(chunk_path))
+        return self._renderers[chunk_path]
 
     def config_record(self, ep: endpoint.Endpoint) -> dict[str, Any]:
         """The run's configuration as saved on disk and in the output metadata (no key)."""
@@ -268,8 +268,8 @@ class Batch:
                     break
                 table = chunk.table.slice(0, total - position)
                 renderer = self._renderer(chunk.path, table)
-                ids = pa.array(renderer.ids(table, position), pa.string())
-                payloads = renderer.render(table)
+                ids = pa.array(renderer.ids(table, position, chunk), pa.string())
+                payloads = renderer.render(table, chunk)
                 rows = [position + i for i in range(table.num_rows) if position + i not in skip]
                 if len(rows) < table.num_rows:
                     payloads = [payloads[r - position] for r in rows]
