@@ -1,0 +1,344 @@
+//! OpenAI Chat Completions wire format, server side: request validation, bodies, SSE chunks, errors.
+
+use super::errors::ApiError;
+use super::reply::stream_pieces;
+use super::request::{json_kind, ChatRequest, Completion, TextTally};
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+const ROLES: &str = "'system', 'assistant', 'user', 'function', 'tool', and 'developer'";
+const PART_TYPES: [&str; 6] = [
+    "text",
+    "image_url",
+    "input_audio",
+    "refusal",
+    "audio",
+    "file",
+];
+
+fn invalid(message: String, param: impl Into<String>, code: &'static str) -> ApiError {
+    ApiError::Invalid {
+        message,
+        param: Some(param.into()),
+        code: Some(code),
+    }
+}
+
+fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    invalid(
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            json_kind(got)
+        ),
+        param,
+        "invalid_type",
+    )
+}
+
+fn missing(param: &str) -> ApiError {
+    invalid(
+        format!("Missing required parameter: '{param}'."),
+        param,
+        "missing_required_parameter",
+    )
+}
+
+/// Validates a `/v1/chat/completions` body as the real API does (the subset the mock needs).
+pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| {
+        ApiError::invalid(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
+             using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was \
+             sent was not valid JSON. If you have trouble figuring out how to fix this, please \
+             contact us through our help center at help.openai.com.)",
+        )
+    })?;
+    let Value::Object(obj) = &value else {
+        return Err(wrong_type("body", "an object", &value));
+    };
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            return Err(ApiError::invalid("you must provide a model parameter"))
+        }
+        Some(other) => return Err(wrong_type("model", "a string", other)),
+    };
+    let messages = match obj.get("messages") {
+        None | Some(Value::Null) => return Err(missing("messages")),
+        Some(Value::Array(m)) if m.is_empty() => {
+            return Err(invalid(
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.".into(),
+                "messages",
+                "empty_array",
+            ))
+        }
+        Some(Value::Array(m)) => m,
+        Some(other) => return Err(wrong_type("messages", "an array of objects", other)),
+    };
+    let mut tally = TextTally::default();
+    for (i, message) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let Value::Object(message) = message else {
+            return Err(wrong_type(&param, "an object", message));
+        };
+        let role = match message.get("role") {
+            None | Some(Value::Null) => return Err(missing(&format!("{param}.role"))),
+            Some(Value::String(r)) => r.as_str(),
+            Some(other) => return Err(wrong_type(&format!("{param}.role"), "a string", other)),
+        };
+        if !matches!(
+            role,
+            "system" | "assistant" | "user" | "function" | "tool" | "developer"
+        ) {
+            return Err(invalid(
+                format!("Invalid value: '{role}'. Supported values are: {ROLES}."),
+                format!("{param}.role"),
+                "invalid_value",
+            ));
+        }
+        let text = content_text(message, role, &param)?;
+        tally.add(text, role == "user");
+    }
+    let max_tokens = match obj.get("max_completion_tokens") {
+        Some(v) if !v.is_null() => positive_int(v, "max_completion_tokens")?,
+        _ => match obj.get("max_tokens") {
+            Some(v) => positive_int(v, "max_tokens")?,
+            None => None,
+        },
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(wrong_type("stream", "a boolean", other)),
+    };
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(_) if !stream => {
+            return Err(invalid(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.".into(),
+                "stream_options",
+                "invalid_value",
+            ))
+        }
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(wrong_type(
+                    "stream_options.include_usage",
+                    "a boolean",
+                    other,
+                ))
+            }
+        },
+        Some(other) => return Err(wrong_type("stream_options", "an object", other)),
+    };
+    Ok(ChatRequest {
+        model,
+        stream,
+        include_usage,
+        max_tokens,
+        last_user_text: tally.last_user_text.unwrap_or_default(),
+        prompt_tokens: tally.prompt_tokens,
+    })
+}
+
+/// The text of one message: string content, or its text parts concatenated.
+fn content_text(message: &Map<String, Value>, role: &str, param: &str) -> Result<String, ApiError> {
+    let content = message.get("content");
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        // Assistant turns may carry only tool calls.
+        None | Some(Value::Null) if role == "assistant" || role == "function" => Ok(String::new()),
+        None | Some(Value::Null) => Err(missing(&format!("{param}.content"))),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let part_param = format!("{param}.content[{j}]");
+                let Value::Object(part) = part else {
+                    return Err(wrong_type(&part_param, "an object", part));
+                };
+                let kind = match part.get("type") {
+                    Some(Value::String(t)) => t.as_str(),
+                    None | Some(Value::Null) => return Err(missing(&format!("{part_param}.type"))),
+                    Some(other) => {
+                        return Err(wrong_type(&format!("{part_param}.type"), "a string", other))
+                    }
+                };
+                if !PART_TYPES.contains(&kind) {
+                    return Err(invalid(
+                        format!("Invalid value: '{kind}'. Supported values are: 'text', 'image_url', 'input_audio', 'refusal', 'audio', and 'file'."),
+                        format!("{part_param}.type"),
+                        "invalid_value",
+                    ));
+                }
+                if kind == "text" {
+                    match part.get("text") {
+                        Some(Value::String(t)) => text.push_str(t),
+                        None | Some(Value::Null) => {
+                            return Err(missing(&format!("{part_param}.text")))
+                        }
+                        Some(other) => {
+                            return Err(wrong_type(
+                                &format!("{part_param}.text"),
+                                "a string",
+                                other,
+                            ))
+                        }
+                    }
+                }
+            }
+            Ok(text)
+        }
+        Some(other) => Err(wrong_type(
+            &format!("{param}.content"),
+            "one of a string or array of objects",
+            other,
+        )),
+    }
+}
+
+fn positive_int(v: &Value, param: &str) -> Result<Option<u32>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => match n.as_i64() {
+            Some(k) if k >= 1 => Ok(Some(u32::try_from(k).unwrap_or(u32::MAX))),
+            Some(k) => Err(invalid(
+                format!("Invalid '{param}': integer below minimum value. Expected a value >= 1, but got {k} instead."),
+                param,
+                "integer_below_min_value",
+            )),
+            None => Err(wrong_type(param, "an integer", v)),
+        },
+        other => Err(wrong_type(param, "an integer", other)),
+    }
+}
+
+fn finish_reason(c: &Completion) -> &'static str {
+    if c.truncated {
+        "length"
+    } else {
+        "stop"
+    }
+}
+
+fn usage(req: &ChatRequest, c: &Completion) -> Value {
+    json!({
+        "prompt_tokens": req.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": req.prompt_tokens + c.completion_tokens,
+    })
+}
+
+/// The non-streaming `chat.completion` body.
+pub(crate) fn body(req: &ChatRequest, c: &Completion) -> String {
+    json!({
+        "id": c.id,
+        "object": "chat.completion",
+        "created": c.created,
+        "model": req.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": c.text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish_reason(c),
+        }],
+        "usage": usage(req, c),
+    })
+    .to_string()
+}
+
+/// The SSE frames of a streamed reply: a role chunk, one chunk per word, a finish chunk, the
+/// usage chunk when asked for, then `[DONE]`.
+pub(crate) fn stream_frames(req: &ChatRequest, c: &Completion) -> Vec<Bytes> {
+    let chunk = |choices: Value, usage: Option<Value>| {
+        let mut v = json!({
+            "id": c.id,
+            "object": "chat.completion.chunk",
+            "created": c.created,
+            "model": req.model,
+            "choices": choices,
+        });
+        // With include_usage the real API sends `"usage": null` on every chunk but the last.
+        if req.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let choice = |delta: Value, finish: Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+    let pieces = stream_pieces(&c.text);
+    let mut frames = Vec::with_capacity(pieces.len() + 4);
+    frames.push(chunk(
+        choice(
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            Value::Null,
+        ),
+        None,
+    ));
+    for piece in pieces {
+        frames.push(chunk(choice(json!({"content": piece}), Value::Null), None));
+    }
+    frames.push(chunk(choice(json!({}), json!(finish_reason(c))), None));
+    if req.include_usage {
+        frames.push(chunk(json!([]), Some(usage(req, c))));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    frames
+}
+
+/// The status and error JSON the real API sends for `err`.
+pub(crate) fn error(err: &ApiError) -> (u16, String) {
+    let (status, message, kind, param, code): (u16, String, &str, Option<&str>, Option<&str>) =
+        match err {
+            ApiError::Auth { key } if key.is_empty() => (
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.".into(),
+                "invalid_request_error",
+                None,
+                None,
+            ),
+            ApiError::Auth { key } => (
+                401,
+                format!("Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."),
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            ),
+            ApiError::MissingVersion => (400, "anthropic-version header is required".into(), "invalid_request_error", None, None),
+            ApiError::Invalid { message, param, code } => {
+                (400, message.clone(), "invalid_request_error", param.as_deref(), *code)
+            }
+            ApiError::BadMarker => (
+                400,
+                "Invalid prompt: your prompt was flagged as potentially violating our usage policy.".into(),
+                "invalid_request_error",
+                None,
+                Some("invalid_prompt"),
+            ),
+            ApiError::Quota => (
+                429,
+                "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.".into(),
+                "insufficient_quota",
+                None,
+                Some("insufficient_quota"),
+            ),
+            ApiError::RateLimited { limit, retry_after, .. } => (
+                429,
+                format!(
+                    "Rate limit reached for requests per second (RPS): Limit {limit}, Used {limit}, Requested 1. Please try again in {}ms.",
+                    retry_after.as_millis()
+                ),
+                "requests",
+                Some("requests"),
+                Some("rate_limit_exceeded"),
+            ),
+            ApiError::Server(529) => (529, "The server is overloaded, please try again later.".into(), "overloaded_error", None, None),
+            ApiError::Server(503) => (503, "The engine is currently overloaded, please try again later.".into(), "server_error", None, None),
+            ApiError::Server(code) => (*code, "The server had an error while processing your request. Sorry about that!".into(), "server_error", None, None),
+            ApiError::NotFound { path } => (404, format!("Invalid URL (POST {path})"), "invalid_request_error", None, None),
+            ApiError::MethodNotAllowed => (405, "Method not allowed; use POST.".into(), "invalid_request_error", None, None),
+            ApiError::BodyTooLarge => (413, "The request body is too large.".into(), "invalid_request_error", None, None),
+        };
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    (status, body.to_string())
+}

@@ -1,0 +1,444 @@
+//! The HTTP side: accept loop, routing, the order of checks, headers, and fault delivery.
+
+use super::anthropic;
+use super::body::MockBody;
+use super::config::{FaultKind, MockConfig};
+use super::errors::ApiError;
+use super::faults::FaultInjector;
+use super::openai;
+use super::ratelimit::{openai_duration, retry_after_secs, Decision, TokenBucket};
+use super::reply::{count_words, reply_text};
+use super::request::{ChatRequest, Completion};
+use super::stats::{Outcome, Stats, ANTHROPIC_PATH, OPENAI_PATH};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Request bodies above this are refused (413) rather than buffered.
+const MAX_BODY: usize = 32 << 20;
+/// `retry-after-ms` of an injected 429: short, so fault tests stay fast.
+const FAULT_RETRY_AFTER: Duration = Duration::from_millis(20);
+
+/// State shared by every connection of one server.
+pub(crate) struct Shared {
+    pub config: MockConfig,
+    pub stats: Stats,
+    bucket: Option<TokenBucket>,
+    faults: FaultInjector,
+    /// Per-server random prefix plus a counter: unique, cheap ids.
+    id_base: u64,
+    ids: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(config: MockConfig, kinds: Vec<FaultKind>) -> Self {
+        Shared {
+            bucket: config.rate_limit_rps.map(TokenBucket::new),
+            faults: FaultInjector::new(config.fault_rate, kinds, config.seed),
+            id_base: rand::random(),
+            ids: AtomicU64::new(0),
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    fn next_id(&self) -> String {
+        format!(
+            "{:016x}{:08x}",
+            self.id_base,
+            self.ids.fetch_add(1, Relaxed)
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    OpenAi,
+    Anthropic,
+}
+
+impl Provider {
+    fn error(self, err: &ApiError) -> (u16, String) {
+        match self {
+            Provider::OpenAi => openai::error(err),
+            Provider::Anthropic => anthropic::error(err),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, one task per connection.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(true).timer(TokioTimer::new());
+    loop {
+        let stream = tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(%err, "mock server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        // SSE frames and small bodies must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let mut shutdown = shutdown.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(move |req| handle(shared.clone(), req)),
+        );
+        tokio::spawn(async move {
+            // Stopping the server closes open connections at once; dropping `conn` does that.
+            tokio::select! {
+                _ = conn => {}
+                _ = stopped(&mut shutdown) => {}
+            }
+        });
+    }
+}
+
+/// Resolves once the server is stopped (or its handle is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // Drop the borrow guard here: it is not `Send` and must not live across an await.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(drop);
+}
+
+/// One request. An `Err` makes hyper close the connection without a response (the "reset" fault).
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Response<MockBody>> {
+    let provider = match req.uri().path() {
+        OPENAI_PATH => Provider::OpenAi,
+        ANTHROPIC_PATH => Provider::Anthropic,
+        "/health" => return Ok(control(&req, Method::GET, || r#"{"status":"ok"}"#.into())),
+        "/_mock/stats" => {
+            return Ok(control(&req, Method::GET, || {
+                serde_json::to_string(&shared.stats.snapshot()).unwrap_or_default()
+            }))
+        }
+        "/_mock/reset" => {
+            return Ok(control(&req, Method::POST, || {
+                shared.stats.reset();
+                r#"{"reset":true}"#.into()
+            }))
+        }
+        path => {
+            shared.stats.request(path);
+            let err = ApiError::NotFound {
+                path: path.to_string(),
+            };
+            return Ok(error_response(&shared, Provider::OpenAi, &err, None));
+        }
+    };
+    shared.stats.request(req.uri().path());
+    match api(&shared, provider, req).await {
+        Ok(resp) => Ok(resp),
+        Err(Reject::Api(err, decision)) => {
+            Ok(error_response(&shared, provider, &err, decision.as_ref()))
+        }
+        Err(Reject::Reset) => {
+            shared.stats.outcome(Outcome::Reset);
+            Err(io::Error::other("mock fault: reset"))
+        }
+    }
+}
+
+enum Reject {
+    Api(ApiError, Option<Decision>),
+    Reset,
+}
+
+impl From<ApiError> for Reject {
+    fn from(err: ApiError) -> Self {
+        Reject::Api(err, None)
+    }
+}
+
+/// The API path, checks in the documented order: auth, quota, validation, rate limit, latency,
+/// fault, bad marker, reply. Validation precedes the rate limit so that a malformed request
+/// neither spends a token nor draws a fault: its 400 is deterministic.
+async fn api(
+    shared: &Shared,
+    provider: Provider,
+    req: Request<Incoming>,
+) -> Result<Response<MockBody>, Reject> {
+    if req.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed.into());
+    }
+    check_auth(&shared.config, provider, req.headers())?;
+    if shared.config.quota_exhausted {
+        return Err(ApiError::Quota.into());
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| ApiError::BodyTooLarge)?
+        .to_bytes();
+    let chat = match provider {
+        Provider::OpenAi => openai::parse(&body)?,
+        Provider::Anthropic => anthropic::parse(&body)?,
+    };
+    if shared.config.track_prompts {
+        shared.stats.prompt(&chat.last_user_text);
+    }
+    let decision = shared.bucket.as_ref().map(TokenBucket::acquire);
+    if let Some(d) = decision.filter(|d| !d.allowed) {
+        let err = ApiError::RateLimited {
+            limit: d.limit,
+            retry_after: d.until_token,
+            injected: false,
+        };
+        return Err(Reject::Api(err, Some(d)));
+    }
+    if shared.config.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(shared.config.latency_ms)).await;
+    }
+    let fault = shared.faults.draw();
+    let status = match fault {
+        Some(FaultKind::Reset) => return Err(Reject::Reset),
+        Some(FaultKind::TooManyRequests) => {
+            let err = ApiError::RateLimited {
+                limit: decision.map_or(0, |d| d.limit),
+                retry_after: FAULT_RETRY_AFTER,
+                injected: true,
+            };
+            return Err(Reject::Api(err, decision));
+        }
+        Some(FaultKind::Internal) => Some(500),
+        Some(FaultKind::BadGateway) => Some(502),
+        Some(FaultKind::Unavailable) => Some(503),
+        Some(FaultKind::Overloaded) => Some(529),
+        Some(FaultKind::Cut) | None => None,
+    };
+    if let Some(code) = status {
+        return Err(Reject::Api(ApiError::Server(code), decision));
+    }
+    if !shared.config.bad_marker.is_empty()
+        && chat.last_user_text.contains(&shared.config.bad_marker)
+    {
+        return Err(Reject::Api(ApiError::BadMarker, decision));
+    }
+    let cut = fault == Some(FaultKind::Cut);
+    Ok(reply(shared, provider, &chat, decision.as_ref(), cut))
+}
+
+fn check_auth(
+    config: &MockConfig,
+    provider: Provider,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+    };
+    match provider {
+        Provider::OpenAi => {
+            let sent = header("authorization").unwrap_or_default();
+            let key = sent.strip_prefix("Bearer ").unwrap_or(&sent).trim();
+            if key != config.api_key {
+                return Err(ApiError::Auth {
+                    key: key.to_string(),
+                });
+            }
+        }
+        Provider::Anthropic => {
+            let key = header("x-api-key").unwrap_or_default();
+            if key != config.api_key {
+                return Err(ApiError::Auth {
+                    key: key.into_owned(),
+                });
+            }
+            if !headers.contains_key("anthropic-version") {
+                return Err(ApiError::MissingVersion);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The successful (or cut) reply, whole or streamed.
+fn reply(
+    shared: &Shared,
+    provider: Provider,
+    chat: &ChatRequest,
+    decision: Option<&Decision>,
+    cut: bool,
+) -> Response<MockBody> {
+    let (text, truncated) = reply_text(&chat.last_user_text, chat.max_tokens);
+    let suffix = shared.next_id();
+    let completion = Completion {
+        id: match provider {
+            Provider::OpenAi => format!("chatcmpl-{suffix}"),
+            Provider::Anthropic => format!("msg_01{suffix}"),
+        },
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        completion_tokens: count_words(&text) as u64,
+        text,
+        truncated,
+    };
+    shared.stats.outcome(if cut {
+        Outcome::Cut
+    } else {
+        Outcome::Status(200)
+    });
+    let (body, content_type) = if chat.stream {
+        shared.stats.streamed();
+        let mut frames = match provider {
+            Provider::OpenAi => openai::stream_frames(chat, &completion),
+            Provider::Anthropic => anthropic::stream_frames(chat, &completion),
+        };
+        if cut {
+            // Keep the first half: always at least one event, never the final one.
+            frames.truncate(frames.len() / 2);
+        }
+        (
+            MockBody::stream(frames, cut),
+            "text/event-stream; charset=utf-8",
+        )
+    } else {
+        let json = Bytes::from(match provider {
+            Provider::OpenAi => openai::body(chat, &completion),
+            Provider::Anthropic => anthropic::body(chat, &completion),
+        });
+        let body = if cut {
+            MockBody::cut(json)
+        } else {
+            MockBody::full(json)
+        };
+        (body, "application/json")
+    };
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if chat.stream {
+        headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    }
+    common_headers(headers, provider, &suffix, decision);
+    resp
+}
+
+/// Builds the error response, counting it, with the headers a client needs to back off.
+fn error_response(
+    shared: &Shared,
+    provider: Provider,
+    err: &ApiError,
+    decision: Option<&Decision>,
+) -> Response<MockBody> {
+    let (status, json) = provider.error(err);
+    shared.stats.outcome(Outcome::Status(status));
+    let mut resp = Response::new(MockBody::full(json));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let ApiError::RateLimited {
+        retry_after,
+        injected,
+        ..
+    } = err
+    {
+        headers.insert(
+            "retry-after",
+            HeaderValue::from(retry_after_secs(*retry_after)),
+        );
+        // Real Anthropic 429s carry only `retry-after`; the injected 429 sends the precise
+        // value on both so that fault tests stay fast.
+        if provider == Provider::OpenAi || *injected {
+            let ms = retry_after.as_millis().max(1) as u64;
+            headers.insert("retry-after-ms", HeaderValue::from(ms));
+        }
+    }
+    common_headers(headers, provider, &shared.next_id(), decision);
+    resp
+}
+
+/// Request id and, when a rate limit is configured, the provider's rate-limit headers.
+fn common_headers(
+    headers: &mut HeaderMap,
+    provider: Provider,
+    id: &str,
+    decision: Option<&Decision>,
+) {
+    let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    match provider {
+        Provider::OpenAi => {
+            set(headers, "x-request-id", format!("req_{id}"));
+            if let Some(d) = decision {
+                set(headers, "x-ratelimit-limit-requests", d.limit.to_string());
+                set(
+                    headers,
+                    "x-ratelimit-remaining-requests",
+                    d.remaining.to_string(),
+                );
+                set(
+                    headers,
+                    "x-ratelimit-reset-requests",
+                    openai_duration(d.until_full),
+                );
+            }
+        }
+        Provider::Anthropic => {
+            set(headers, "request-id", format!("req_{id}"));
+            if let Some(d) = decision {
+                set(
+                    headers,
+                    "anthropic-ratelimit-requests-limit",
+                    d.limit.to_string(),
+                );
+                set(
+                    headers,
+                    "anthropic-ratelimit-requests-remaining",
+                    d.remaining.to_string(),
+                );
+                let reset = SystemTime::now() + d.until_full;
+                set(
+                    headers,
+                    "anthropic-ratelimit-requests-reset",
+                    humantime::format_rfc3339_seconds(reset).to_string(),
+                );
+            }
+        }
+    }
+}
+
+/// A control endpoint (not counted in the stats): JSON from `body` if the method is right.
+fn control(
+    req: &Request<Incoming>,
+    method: Method,
+    body: impl FnOnce() -> String,
+) -> Response<MockBody> {
+    let (status, json) = if req.method() == method {
+        (StatusCode::OK, body())
+    } else {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(r#"{{"error":{{"message":"use {method}"}}}}"#),
+        )
+    };
+    let mut resp = Response::new(MockBody::full(json));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,584 @@
+//! End-to-end tests of the mock server over real HTTP, with reqwest as the client.
+
+use super::{MockConfig, MockServer};
+use futures_util::StreamExt;
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+
+fn start(config: MockConfig) -> MockServer {
+    MockServer::start(config, "127.0.0.1:0".parse().expect("addr")).expect("start mock")
+}
+
+fn client() -> reqwest::Client {
+    crate::runtime::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    /// Body bytes received before the end or an error.
+    text: String,
+    /// Whether reading the body failed (a cut connection).
+    body_error: bool,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).expect("json body")
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn send(srv: &MockServer, path: &str, key: &str, body: &str) -> reqwest::Result<Reply> {
+    let mut req = client()
+        .post(format!("http://{}{path}", srv.local_addr()))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    req = if path == "/v1/messages" {
+        req.header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+    } else {
+        req.header("authorization", format!("Bearer {key}"))
+    };
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut stream = resp.bytes_stream();
+    let mut bytes = Vec::new();
+    let mut body_error = false;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => bytes.extend_from_slice(&c),
+            Err(_) => {
+                body_error = true;
+                break;
+            }
+        }
+    }
+    Ok(Reply {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        body_error,
+    })
+}
+
+async fn openai(srv: &MockServer, body: Value) -> Reply {
+    send(srv, "/v1/chat/completions", "mock-key", &body.to_string())
+        .await
+        .expect("request")
+}
+
+async fn anthropic(srv: &MockServer, body: Value) -> Reply {
+    send(srv, "/v1/messages", "mock-key", &body.to_string())
+        .await
+        .expect("request")
+}
+
+fn oa_body(text: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": text}]})
+}
+
+fn an_body(text: &str) -> Value {
+    json!({"model": "claude-x", "max_tokens": 100, "system": "be brief",
+        "messages": [{"role": "user", "content": text}]})
+}
+
+/// SSE frames as (event name, data) pairs.
+fn frames(text: &str) -> Vec<(String, String)> {
+    text.split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in f.lines() {
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data = d.to_string();
+                }
+            }
+            (event, data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn openai_plain_body_is_exact() {
+    let srv = start(MockConfig::default());
+    let r = openai(&srv, oa_body("hello  world")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert!(r.header("x-request-id").starts_with("req_"));
+    let mut v = r.json();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("chatcmpl-"), "{id}");
+    assert!(v["created"].as_u64().unwrap() > 1_700_000_000);
+    v["id"] = json!("X");
+    v["created"] = json!(0);
+    assert_eq!(
+        v,
+        json!({"id": "X", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
+            "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": "Echo: hello  world", "refusal": null},
+                "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}})
+    );
+}
+
+#[tokio::test]
+async fn openai_truncates_at_max_tokens() {
+    let srv = start(MockConfig::default());
+    let mut body = oa_body("one two three");
+    body["max_completion_tokens"] = json!(2);
+    let v = openai(&srv, body).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "Echo: one");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    // Text parts are concatenated; the last user message wins.
+    let body = json!({"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": null},
+        {"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]}]});
+    let v = openai(&srv, body).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "Echo: a b");
+    assert_eq!(v["usage"]["prompt_tokens"], 3);
+}
+
+#[tokio::test]
+async fn openai_stream_sequence() {
+    let srv = start(MockConfig::default());
+    let mut body = oa_body("hello big world");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = openai(&srv, body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "text/event-stream; charset=utf-8");
+    let frames = frames(&r.text);
+    let (last, rest) = frames.split_last().unwrap();
+    assert_eq!(last.1, "[DONE]");
+    let chunks: Vec<Value> = rest
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(chunks[0]["usage"], Value::Null);
+    let pieces: Vec<&str> = chunks[1..5]
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(pieces, ["Echo:", " hello", " big", " world"]);
+    assert_eq!(chunks[5]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[5]["choices"][0]["delta"], json!({}));
+    assert_eq!(chunks[6]["choices"], json!([]));
+    assert_eq!(
+        chunks[6]["usage"],
+        json!({"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9})
+    );
+    assert_eq!(chunks.len(), 7);
+    assert_eq!(srv.stats().streamed, 1);
+}
+
+#[tokio::test]
+async fn anthropic_plain_body_is_exact() {
+    let srv = start(MockConfig::default());
+    let mut body = an_body("hi there you");
+    body["max_tokens"] = json!(3);
+    body["system"] = json!([{"type": "text", "text": "sys prompt"}]);
+    let r = anthropic(&srv, body).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("request-id").starts_with("req_"));
+    let mut v = r.json();
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+    v["id"] = json!("X");
+    assert_eq!(
+        v,
+        json!({"id": "X", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "Echo: hi there"}],
+            "stop_reason": "max_tokens", "stop_sequence": null,
+            "usage": {"input_tokens": 5, "output_tokens": 3}})
+    );
+}
+
+#[tokio::test]
+async fn anthropic_stream_sequence() {
+    let srv = start(MockConfig::default());
+    let mut body = an_body("hello world");
+    body["stream"] = json!(true);
+    let r = anthropic(&srv, body).await;
+    assert_eq!(r.status, 200);
+    let frames = frames(&r.text);
+    let names: Vec<&str> = frames.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let data: Vec<Value> = frames
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    for (name, d) in names.iter().zip(&data) {
+        assert_eq!(d["type"], *name);
+    }
+    assert_eq!(data[0]["message"]["usage"]["input_tokens"], 4);
+    let text: String = data[3..6]
+        .iter()
+        .map(|d| d["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "Echo: hello world");
+    assert_eq!(data[3]["delta"]["type"], "text_delta");
+    assert_eq!(data[7]["delta"]["stop_reason"], "end_turn");
+    assert_eq!(data[7]["usage"]["output_tokens"], 3);
+}
+
+#[tokio::test]
+async fn wrong_keys_get_401_and_the_key_is_echoed() {
+    let srv = start(MockConfig::default());
+    let r = send(
+        &srv,
+        "/v1/chat/completions",
+        "sk-WRONG",
+        &oa_body("x").to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"message": "Incorrect API key provided: sk-WRONG. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+    );
+    let r = send(&srv, "/v1/messages", "nope", &an_body("x").to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json(),
+        json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+    );
+    let r = client()
+        .post(format!("http://{}/v1/messages", srv.local_addr()))
+        .header("x-api-key", "mock-key")
+        .body(an_body("x").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(srv.stats().by_status["401"], 2);
+}
+
+#[tokio::test]
+async fn invalid_bodies_get_400() {
+    let srv = start(MockConfig::default());
+    let openai_cases = [
+        (
+            json!({"model": "m"}),
+            "Missing required parameter: 'messages'.",
+        ),
+        (
+            json!({"model": "m", "messages": []}),
+            "Invalid 'messages': empty array.",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            "you must provide a model parameter",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}),
+            "Invalid value: 'robot'.",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "user"}]}),
+            "Missing required parameter: 'messages[0].content'.",
+        ),
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": 3}]}),
+            "Invalid type for 'messages[0].content'",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}),
+            "Invalid 'max_tokens'",
+        ),
+    ];
+    for (body, message) in openai_cases {
+        let r = openai(&srv, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}");
+        let v = r.json();
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with(message),
+            "{v}"
+        );
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    let r = send(&srv, "/v1/chat/completions", "mock-key", "{not json")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let anthropic_cases = [
+        (
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+            "max_tokens: Field required",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": []}),
+            "messages: at least one message is required",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+            "messages.0.role: Input should be 'user' or 'assistant'",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "bogus"}]}]}),
+            "messages.0.content.0: Input tag 'bogus'",
+        ),
+        (
+            json!({"model": "m", "max_tokens": 5, "system": 7, "messages": [{"role": "user", "content": "x"}]}),
+            "system: Input should be a valid list",
+        ),
+        (
+            json!({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            "model: Field required",
+        ),
+    ];
+    for (body, message) in anthropic_cases {
+        let r = anthropic(&srv, body.clone()).await;
+        assert_eq!(r.status, 400, "{body}");
+        let v = r.json();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(
+            v["error"]["message"].as_str().unwrap().starts_with(message),
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_marker_is_a_permanent_400() {
+    let srv = start(MockConfig::default());
+    for _ in 0..2 {
+        assert_eq!(openai(&srv, oa_body("x [[bad]] y")).await.status, 400);
+        assert_eq!(anthropic(&srv, an_body("[[bad]]")).await.status, 400);
+    }
+    assert_eq!(srv.stats().by_status["400"], 4);
+}
+
+#[tokio::test]
+async fn quota_exhausted() {
+    let srv = start(MockConfig {
+        quota_exhausted: true,
+        ..MockConfig::default()
+    });
+    let r = openai(&srv, oa_body("x")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+    let r = anthropic(&srv, an_body("x")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("credit balance is too low"));
+}
+
+#[tokio::test]
+async fn rate_limit_429s_carry_headers() {
+    let srv = start(MockConfig {
+        rate_limit_rps: Some(2),
+        ..MockConfig::default()
+    });
+    let ok = openai(&srv, oa_body("x")).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-ratelimit-limit-requests"), "2");
+    assert_eq!(ok.header("x-ratelimit-remaining-requests"), "1");
+    assert!(ok.header("x-ratelimit-reset-requests").ends_with("ms"));
+    assert_eq!(openai(&srv, oa_body("x")).await.status, 200);
+    let r = openai(&srv, oa_body("x")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(r.header("retry-after"), "1");
+    let ms: u64 = r.header("retry-after-ms").parse().unwrap();
+    assert!((1..=500).contains(&ms), "{ms}");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), "0");
+    let r = anthropic(&srv, an_body("x")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(r.header("anthropic-ratelimit-requests-limit"), "2");
+    assert_eq!(r.header("anthropic-ratelimit-requests-remaining"), "0");
+    let reset = r.header("anthropic-ratelimit-requests-reset");
+    assert!(humantime::parse_rfc3339(reset).is_ok(), "{reset}");
+    // After the advertised wait a token is free again.
+    tokio::time::sleep(std::time::Duration::from_millis(ms + 20)).await;
+    assert_eq!(openai(&srv, oa_body("x")).await.status, 200);
+    assert_eq!(srv.stats().by_status["429"], 2);
+}
+
+fn faulty(kind: &str) -> MockServer {
+    start(MockConfig {
+        fault_rate: 1.0,
+        faults: vec![kind.to_string()],
+        ..MockConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn status_faults() {
+    for (kind, oa_type, an_type) in [
+        ("500", "server_error", "api_error"),
+        ("502", "server_error", "api_error"),
+        ("503", "server_error", "api_error"),
+        ("529", "overloaded_error", "overloaded_error"),
+        ("429", "requests", "rate_limit_error"),
+    ] {
+        let srv = faulty(kind);
+        let status: u16 = kind.parse().unwrap();
+        let r = openai(&srv, oa_body("x")).await;
+        assert_eq!(r.status, status);
+        assert_eq!(r.json()["error"]["type"], oa_type);
+        let r = anthropic(&srv, an_body("x")).await;
+        assert_eq!(r.status, status);
+        assert_eq!(r.json()["error"]["type"], an_type);
+        if kind == "429" {
+            assert_eq!(r.header("retry-after-ms"), "20");
+        }
+        assert_eq!(srv.stats().by_status[kind], 2);
+    }
+}
+
+#[tokio::test]
+async fn reset_fault_closes_without_response() {
+    let srv = faulty("reset");
+    assert!(send(
+        &srv,
+        "/v1/chat/completions",
+        "mock-key",
+        &oa_body("x").to_string()
+    )
+    .await
+    .is_err());
+    assert!(
+        send(&srv, "/v1/messages", "mock-key", &an_body("x").to_string())
+            .await
+            .is_err()
+    );
+    assert_eq!(srv.stats().by_status["reset"], 2);
+}
+
+#[tokio::test]
+async fn cut_fault_truncates_streams_and_bodies() {
+    let srv = faulty("cut");
+    let mut body = oa_body("a b c d e f");
+    body["stream"] = json!(true);
+    let r = openai(&srv, body).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body_error);
+    assert!(r.text.starts_with("data: {"), "{}", r.text);
+    assert!(!r.text.contains("[DONE]"));
+    let mut body = an_body("a b c d e f");
+    body["stream"] = json!(true);
+    let r = anthropic(&srv, body).await;
+    assert!(r.body_error);
+    assert!(r.text.contains("event: message_start"));
+    assert!(!r.text.contains("message_stop"));
+    let r = openai(&srv, oa_body("a b c")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body_error);
+    assert!(serde_json::from_str::<Value>(&r.text).is_err());
+    let stats = srv.stats();
+    assert_eq!(stats.by_status["cut"], 3);
+    assert_eq!(stats.streamed, 2);
+}
+
+#[tokio::test]
+async fn stats_and_control_endpoints() {
+    let srv = start(MockConfig {
+        track_prompts: true,
+        ..MockConfig::default()
+    });
+    openai(&srv, oa_body("p1")).await;
+    openai(&srv, oa_body("p1")).await;
+    anthropic(&srv, an_body("p2")).await;
+    let r = send(&srv, "/v1/nope", "mock-key", "{}").await.unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"]["message"].is_string());
+    let http = client();
+    let base = format!("http://{}", srv.local_addr());
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let text = http
+        .get(format!("{base}/_mock/stats"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v,
+        json!({"requests": 4, "by_status": {"200": 3, "404": 1},
+            "by_path": {"/v1/chat/completions": 2, "/v1/messages": 1, "/v1/nope": 1},
+            "streamed": 0, "prompts": {"p1": 2, "p2": 1}})
+    );
+    assert_eq!(serde_json::to_value(srv.stats()).unwrap(), v);
+    let reset = http
+        .post(format!("{base}/_mock/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(srv.stats(), super::MockStats::default());
+    openai(&srv, oa_body("p3")).await;
+    srv.reset_stats();
+    assert_eq!(srv.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn latency_delays_the_headers() {
+    let srv = start(MockConfig {
+        latency_ms: 150,
+        ..MockConfig::default()
+    });
+    let t0 = std::time::Instant::now();
+    assert_eq!(openai(&srv, oa_body("x")).await.status, 200);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(150));
+}
+
+#[test]
+fn stop_is_idempotent_and_frees_the_port() {
+    let srv = start(MockConfig::default());
+    let addr = srv.local_addr();
+    assert!(std::net::TcpStream::connect(addr).is_ok());
+    srv.stop();
+    srv.stop();
+    assert!(std::net::TcpStream::connect(addr).is_err());
+    assert!(MockServer::start(
+        MockConfig {
+            faults: vec!["teapot".into()],
+            ..MockConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap()
+    )
+    .is_err());
+}
