@@ -32,6 +32,8 @@ use tokio::sync::watch;
 
 /// Pending connections the listener queues; benchmarks open many at once.
 const BACKLOG: u32 = 1024;
+/// The shared runtime's worker thread name (set in `crate::runtime`).
+const RUNTIME_THREAD: &str = "prompt-runner";
 /// How long [`MockServer::stop`] waits for the listener to close.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
@@ -102,6 +104,11 @@ impl MockServer {
     /// (briefly, bounded) until the listener is closed, so the port refuses connections after.
     pub fn stop(&self) {
         self.shutdown.send_replace(true);
+        // On a worker of the shared runtime, blocking could starve the very task that closes
+        // the listener (e.g. a one-core machine); there the close just happens momentarily.
+        if std::thread::current().name() == Some(RUNTIME_THREAD) {
+            return;
+        }
         let (done, cv) = &*self.closed;
         let guard = done.lock().unwrap_or_else(|e| e.into_inner());
         let _ = cv.wait_timeout_while(guard, STOP_WAIT, |done| !*done);

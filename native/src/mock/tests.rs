@@ -582,3 +582,41 @@ fn stop_is_idempotent_and_frees_the_port() {
     )
     .is_err());
 }
+
+/// Rough throughput over keep-alive connections, client and server in one process:
+/// `cargo test --release -p prompt-runner-native mock::tests::throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark, run by hand"]
+async fn throughput() {
+    let srv = start(MockConfig::default());
+    let url = format!("http://{}/v1/chat/completions", srv.local_addr());
+    let body = oa_body("a short benchmark prompt").to_string();
+    let http = client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while std::time::Instant::now() < deadline {
+                    let resp = http
+                        .post(&url)
+                        .header("authorization", "Bearer mock-key")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("send");
+                    resp.bytes().await.expect("body");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    println!("mock throughput: {} req/s", total / 3);
+    assert_eq!(srv.stats().requests, total);
+}
