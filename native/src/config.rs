@@ -65,7 +65,9 @@ impl RunConfig {
             return Err(Error::Config("concurrency must be at least 1".into()));
         }
         if !(raw.timeout.is_finite() && raw.timeout > 0.0) {
-            return Err(Error::Config("timeout must be a positive number of seconds".into()));
+            return Err(Error::Config(
+                "timeout must be a positive number of seconds".into(),
+            ));
         }
         if raw.rpm == Some(0) || raw.tpm == Some(0) {
             return Err(Error::Config("rpm and tpm must be at least 1".into()));

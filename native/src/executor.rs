@@ -309,7 +309,11 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     Some(row)
 }
 
-type Settled = (u32, Duration, std::result::Result<transport::Success, AttemptError>);
+type Settled = (
+    u32,
+    Duration,
+    std::result::Result<transport::Success, AttemptError>,
+);
 
 /// Sends until success, a permanent error, or retries run out. `None` if cancelled or fatal.
 async fn attempt_until_settled(
@@ -351,7 +355,10 @@ async fn attempt_until_settled(
             shared.limiter.on_rate_limited(err.retry_after);
         }
         if err.kind.is_fatal() {
-            let status = err.http_status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+            let status = err
+                .http_status
+                .map(|s| format!(" (HTTP {s})"))
+                .unwrap_or_default();
             shared.stop_fatal(format!(
                 "{}{status}: {}",
                 err.kind.as_str(),

@@ -217,7 +217,8 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn halves_on_429_and_grows_back() {
         let limiter = Limiter::new(8, None, None);
-        let slots: Vec<_> = futures_util::future::join_all((0..8).map(|_| limiter.acquire_slot())).await;
+        let slots: Vec<_> =
+            futures_util::future::join_all((0..8).map(|_| limiter.acquire_slot())).await;
         limiter.on_rate_limited(None);
         assert_eq!(limiter.concurrency(), 4);
         // A second 429 within the cooldown does not cut again.

@@ -14,9 +14,24 @@ use pyo3::types::PyDict;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-create_exception!(_native, NativeError, PyException, "Base class of the native module's errors.");
-create_exception!(_native, ConfigError, NativeError, "A run or mock configuration was refused.");
-create_exception!(_native, RunStopped, NativeError, "The run was stopped (auth/quota failure or cancel).");
+create_exception!(
+    _native,
+    NativeError,
+    PyException,
+    "Base class of the native module's errors."
+);
+create_exception!(
+    _native,
+    ConfigError,
+    NativeError,
+    "A run or mock configuration was refused."
+);
+create_exception!(
+    _native,
+    RunStopped,
+    NativeError,
+    "The run was stopped (auth/quota failure or cancel)."
+);
 
 fn to_py(err: Error) -> PyErr {
     match err {

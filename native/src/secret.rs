@@ -25,7 +25,11 @@ impl ApiKey {
     /// Providers echo keys back in 401 messages; nothing we print may contain them.
     pub fn redact(&self, text: &str) -> String {
         if self.0.len() < 8 {
-            return if self.0.is_empty() { text.to_string() } else { text.replace(&self.0, "***") };
+            return if self.0.is_empty() {
+                text.to_string()
+            } else {
+                text.replace(&self.0, "***")
+            };
         }
         let mut out = text.replace(&self.0, "***");
         // Masked echoes (`sk-abc****wxyz`) still leak a prefix and suffix; drop any 8-char window.
