@@ -255,7 +255,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
         &config.params,
         &job.messages,
     );
-    let estimate = provider::estimate_tokens(&job.messages, &config.params);
+    let estimate = provider::estimate_tokens(config.provider, &job.messages, &config.params);
     let request_hash = provider::request_hash(&request.body);
     let started_at_us = now_us();
     let stats = &shared.stats;

@@ -54,11 +54,14 @@ impl Limiter {
             rpm.until_ready().await;
         }
         if let Some(tpm) = &self.tpm {
-            let charge = NonZeroU32::new(estimated_tokens.max(1))
-                .unwrap_or(NonZeroU32::MIN)
-                .min(tpm.burst);
-            // Cannot fail: the charge is clamped to the burst capacity above.
-            let _ = tpm.limiter.until_n_ready(charge).await;
+            // governor refuses a charge above the bucket's capacity, so a large request is
+            // charged in capacity-sized pieces: it waits as long as its tokens need.
+            let mut remaining = estimated_tokens.max(1);
+            while let Some(piece) = NonZeroU32::new(remaining.min(tpm.burst.get())) {
+                // Cannot fail: the piece never exceeds the capacity.
+                let _ = tpm.limiter.until_n_ready(piece).await;
+                remaining -= piece.get();
+            }
         }
     }
 
@@ -95,11 +98,11 @@ fn request_quota(rpm: u32) -> Quota {
         .allow_burst(NonZeroU32::MIN)
 }
 
-/// Tokens refill continuously at `tpm`/minute; the bucket holds one second's worth (at least
-/// one typical request) so that large charges can still pass.
+/// Tokens refill continuously at `tpm`/minute; the bucket holds one second's worth, so a run
+/// starts at the limit's pace instead of spending a minute's budget in one burst.
 fn token_quota(tpm: u32) -> TokenQuota {
     let per_token = Duration::from_secs_f64(60.0 / f64::from(tpm.max(1)));
-    let burst = NonZeroU32::new((tpm / 60).max(4096).min(tpm)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new((tpm / 60).max(1)).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(per_token)
         .expect("period is positive")
         .allow_burst(burst);
@@ -254,10 +257,17 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn oversized_token_charge_is_clamped_not_stuck() {
-        let limiter = Limiter::new(1, None, Some(100));
-        tokio::time::timeout(Duration::from_secs(2), limiter.wait_turn(1_000_000))
-            .await
-            .expect("a charge above the burst must not wait forever");
+    async fn tpm_paces_by_tokens_including_charges_above_the_burst() {
+        // 60,000 tokens/min = 1,000/s with a one-second bucket: 3,000 tokens take ~2 s.
+        let limiter = Limiter::new(1, None, Some(60_000));
+        let start = std::time::Instant::now();
+        for _ in 0..2 {
+            limiter.wait_turn(1_500).await; // above the 1,000-token bucket
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1_900) && elapsed < Duration::from_millis(2_600),
+            "{elapsed:?}"
+        );
     }
 }

@@ -168,7 +168,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// Like the providers' own limiters, this counts the prompt (about 4 characters a token, plus a
 /// few tokens of framing per message) and the whole `max_tokens` budget, because the reply's
 /// length is unknown until it arrives. With no `max_tokens`, [`DEFAULT_MAX_TOKENS`] is charged.
-pub fn estimate_tokens(messages: &[Message], params: &RequestParams) -> u32 {
+pub fn estimate_tokens(kind: ProviderKind, messages: &[Message], params: &RequestParams) -> u32 {
     const PER_MESSAGE: u64 = 4;
     const PER_REQUEST: u64 = 3;
     let mut chars: u64 = params
@@ -180,7 +180,12 @@ pub fn estimate_tokens(messages: &[Message], params: &RequestParams) -> u32 {
         chars += content_chars(&message.content);
         framing += PER_MESSAGE;
     }
-    let reply = u64::from(params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+    // OpenAI counts max_tokens only when it is sent; Anthropic always sends one (its default).
+    let reply = match (kind, params.max_tokens) {
+        (_, Some(n)) => u64::from(n),
+        (ProviderKind::Anthropic, None) => u64::from(DEFAULT_MAX_TOKENS),
+        (ProviderKind::OpenAi, None) => 0,
+    };
     let total = chars.div_ceil(4) + framing + reply;
     u32::try_from(total).unwrap_or(u32::MAX)
 }
@@ -342,9 +347,13 @@ mod tests {
             msg("user", json!([{"type": "text", "text": "y".repeat(40)}])),
         ];
         // (40 + 400 + 40) / 4 = 120 prompt tokens, 3 + 3 * 4 framing, 100 reply.
-        assert_eq!(estimate_tokens(&messages, &params), 120 + 15 + 100);
+        for kind in [ProviderKind::OpenAi, ProviderKind::Anthropic] {
+            assert_eq!(estimate_tokens(kind, &messages, &params), 120 + 15 + 100);
+        }
         let no_max = RequestParams::default();
-        assert_eq!(estimate_tokens(&[], &no_max), 3 + DEFAULT_MAX_TOKENS);
+        let anthropic = estimate_tokens(ProviderKind::Anthropic, &[], &no_max);
+        assert_eq!(anthropic, 3 + DEFAULT_MAX_TOKENS);
+        assert_eq!(estimate_tokens(ProviderKind::OpenAi, &[], &no_max), 3);
     }
 
     #[test]
