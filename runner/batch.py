@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, TextIO
@@ -20,9 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runner import __version__, endpoint
-from runner.checkpoint import OutputError, RunDir
+from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, file_digest, oserror_text
 from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError, RunnerError
+from runner.options import RunOptions
 from runner.pricing import cost_column
 from runner.progress import Progress, summary
 from runner.render import RequestSpec, Renderer, plan
@@ -32,44 +32,6 @@ from runner.schema import META_CONFIG, META_SUMMARY, RESULT_FIELDS, TS, input_co
 POLL_SECONDS = 0.2
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-@dataclass
-class RunOptions:
-    """Everything `prompt-runner run` takes."""
-
-    input: str
-    output: Path
-    provider: str
-    model: str | None = None
-    api_base: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = 32
-    rpm: int | None = None
-    tpm: int | None = None
-    max_retries: int = 6
-    timeout: float = 60.0
-    stream: bool = False
-    template: str | None = None
-    system: str | None = None
-    id_column: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    limit: int | None = None
-    dry_run: bool = False
-    mock_config: str = "{}"
-
-    def check(self) -> None:
-        for name in ("concurrency", "rpm", "tpm", "limit", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
-        if self.max_retries < 0:
-            raise InputError(f"--max-retries: must be 0 or more, got {self.max_retries}")
-        if self.timeout <= 0:
-            raise InputError(f"--timeout: must be a positive number of seconds, got {self.timeout}")
-        if self.provider != "mock" and not self.model:
-            raise InputError(f"--model is required with --provider {self.provider}")
 
 
 class InFlight:
@@ -130,34 +92,44 @@ class Batch:
             self._renderers[chunk_path] = plan(table.column_names, self.spec, str(chunk_path))
         return self._renderers[chunk_path]
 
-    def config_record(self, ep: endpoint.Endpoint) -> dict[str, Any]:
-        """The run's configuration as saved on disk and in the output metadata (no key)."""
+    def request_fingerprint(self) -> dict[str, Any]:
+        """Everything that changes what is sent for a row; a saved run must match it."""
         o = self.opts
+        return {
+            "provider": o.provider,
+            "model": self.model,
+            "api_base": None if o.provider == "mock" else (o.api_base or None),
+            "template": o.template,
+            "system": o.system,
+            "id_column": self.spec.id_column,
+            "temperature": o.temperature,
+            "max_tokens": o.max_tokens,
+        }
+
+    def record(self, total: int, inputs: list[dict[str, Any]], saved: dict[str, Any] | None) -> dict[str, Any]:
+        """run.json: the options, the fingerprints and the row count (never a key)."""
         return {
             "run_id": self.run_id,
             "version": __version__,
-            "created_at": datetime.now(timezone.utc).isoformat(),
-            "input": [str(p) for p in self.paths],
-            "provider": o.provider,
-            "model": self.model,
-            "api_base": None if o.provider == "mock" else ep.api_base,
-            "request": {
-                "template": o.template,
-                "system": o.system,
-                "id_column": o.id_column,
-                "temperature": o.temperature,
-                "max_tokens": o.max_tokens,
-                "stream": o.stream,
-            },
-            "limits": {
-                "concurrency": o.concurrency,
-                "rpm": o.rpm,
-                "tpm": o.tpm,
-                "max_retries": o.max_retries,
-                "timeout": o.timeout,
-                "limit": o.limit,
-            },
+            "created_at": (saved or {}).get("created_at") or datetime.now(timezone.utc).isoformat(),
+            "updated_at": datetime.now(timezone.utc).isoformat(),
+            "rows": total,
+            "options": self.opts.saved(),
+            "fingerprint": {"input": inputs, "request": self.request_fingerprint()},
         }
+
+    def _check_same_run(self, saved: dict[str, Any], inputs: list[dict[str, Any]]) -> None:
+        """Refuses to mix two different runs in one output."""
+        old = saved.get("fingerprint", {})
+        changed = [k for k, v in self.request_fingerprint().items() if old.get("request", {}).get(k) != v]
+        same_input = [(f["size"], f["sha256"]) for f in old.get("input", [])] == [(f["size"], f["sha256"]) for f in inputs]
+        if not same_input:
+            changed.insert(0, "input")
+        if changed:
+            raise InputError(
+                f"{self.opts.output}: the saved run differs in {', '.join(changed)}; "
+                "pass --restart to start over, or write to another output"
+            )
 
     def dry_run(self, rows: int) -> int:
         first = next(iter_chunks(self.paths, chunk_rows=1), None)
@@ -181,10 +153,25 @@ class Batch:
         try:
             self.opts.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OutputError(f"{self.opts.output}: cannot create its directory: {err.strerror}") from None
+            raise OutputError(f"{self.opts.output}: cannot create its directory: {oserror_text(err)}") from None
+        inputs = [file_digest(p) for p in self.paths]
+        saved = run_dir.record()
+        if self.opts.restart:
+            if (pid := run_dir.holder()) is not None:
+                raise InputError(f"{self.opts.output}: another prompt-runner (pid {pid}) is running on it")
+            run_dir.remove()
+            saved = None
+        elif saved is not None:
+            self._check_same_run(saved, inputs)
+            self.run_id = saved.get("run_id", self.run_id)
         ep = endpoint.resolve(self.opts.provider, self.opts.api_base, self.opts.api_key_env, self.opts.mock_config)
         try:
-            return self._run(ep, run_dir, total)
+            run_dir.prepare()
+            try:
+                run_dir.write_record(self.record(total, inputs, saved))
+                return self._run(ep, run_dir, total)
+            finally:
+                run_dir.release()
         finally:
             ep.close()
 
@@ -211,39 +198,54 @@ class Batch:
     def _run(self, ep: endpoint.Endpoint, run_dir: RunDir, total: int) -> int:
         from runner._native import Executor
 
-        done_before = run_dir.ok_rows()
-        run_dir.prepare(self.config_record(ep))
-        to_send = total - sum(1 for r in done_before if r < total)
-        if done_before:
-            print(f"resuming: {total - to_send} of {total} rows are already ok and will not be sent again", file=self.err)
+        # Write a burst of answers at once, and never hold back more than 0.5 % of the rows.
+        run_dir.flush_rows = min(FLUSH_ROWS, max(self.opts.concurrency, total // 200))
+        settled = run_dir.settled_rows(self.opts.retry_failed)
+        to_send = total - sum(1 for r in settled if r < total)
+        if settled:
+            print(f"resuming: {total - to_send} of {total} rows are settled and will not be sent again", file=self.err)
         executor = Executor(self._native_config(ep))
-        feeder = threading.Thread(target=self._feed, args=(executor, done_before, total), daemon=True)
+        feeder = threading.Thread(target=self._feed, args=(executor, settled, total), daemon=True)
         started = time.monotonic()
-        interrupted = False
+        stop = Shutdown(executor, self.opts.grace_period, self.err)
+        write_error: OutputError | None = None
         feeder.start()
-        with Progress(total=to_send, label=f"{self.opts.provider}/{self.model}", stream=self.err) as progress, stop_signals() as stop:
-            while (chunk := executor.poll(POLL_SECONDS)) is not None:
-                if stop.is_set() and not interrupted:
-                    interrupted = True
+        with Progress(total=to_send, label=f"{self.opts.provider}/{self.model}", stream=self.err) as progress, stop_signals(stop):
+            while (chunk := executor.poll(run_dir.seconds_to_flush(POLL_SECONDS))) is not None:
+                stop.check()
+                if write_error is not None:
+                    continue  # stopping: nothing more can be saved
+                try:
+                    if chunk:
+                        self._collect(chunk, run_dir)
+                    if run_dir.flush_due():
+                        run_dir.flush()
+                except OutputError as err:
+                    write_error = err
                     executor.cancel()
-                if chunk:
-                    self._collect(chunk, run_dir)
-                if run_dir.flush_due():
-                    run_dir.flush()
                 s = executor.stats()
                 progress.update(s["done"], s["ok"], s["failed"], s["retrying"], s["prompt_tokens"], s["completion_tokens"])
-        run_dir.flush()
+        if write_error is None:
+            try:
+                run_dir.flush()
+            except OutputError as err:
+                write_error = err
         feeder.join(timeout=5)
         elapsed = time.monotonic() - started
         if self.feed_error is not None:
             raise self.feed_error
-        if interrupted:
-            print(f"\ninterrupted: finished rows are saved in {run_dir.path}", file=self.err)
-            print(f"resume with: {resume_command()}", file=self.err)
+        if write_error is not None:
+            print(f"error: {write_error}", file=self.err)
+            print(f"the run state is consistent; once there is room, resume with: {resume_command(self.opts.output)}", file=self.err)
+            return EXIT_FAILED
+        if stop.requested:
+            done = len(run_dir.settled_rows(self.opts.retry_failed))
+            print(f"\ninterrupted: {done} of {total} rows are saved in {run_dir.path}", file=self.err)
+            print(f"resume with: {resume_command(self.opts.output)}", file=self.err)
             return EXIT_INTERRUPTED
         fatal = executor.fatal_error()
         stats = executor.stats()
-        table = run_dir.compact(self._metadata(ep, stats, elapsed))
+        table = run_dir.compact(self._metadata(run_dir, stats, elapsed))
         print(summary(table, elapsed), file=self.err)
         if fatal:
             print(f"error: run stopped: {fatal}", file=self.err)
@@ -252,8 +254,8 @@ class Batch:
         print(f"wrote {table.num_rows} rows to {self.opts.output}", file=self.err)
         return EXIT_FAILED if failed or table.num_rows < total else EXIT_OK
 
-    def _metadata(self, ep: endpoint.Endpoint, stats: dict[str, int], elapsed: float) -> dict[bytes, bytes]:
-        record = self.config_record(ep)
+    def _metadata(self, run_dir: RunDir, stats: dict[str, int], elapsed: float) -> dict[bytes, bytes]:
+        record = run_dir.record() or {}
         metrics = {**stats, "elapsed_s": round(elapsed, 3)}
         return {META_CONFIG: json.dumps(record).encode(), META_SUMMARY: json.dumps(metrics).encode()}
 
@@ -318,31 +320,64 @@ def result_table(chunk: dict[str, list[Any]]) -> pa.Table:
     return pa.table(arrays)
 
 
+class Shutdown:
+    """Graceful stop on SIGINT/SIGTERM: the first stops dispatching and lets requests on the
+    wire finish for up to `grace` seconds; a second one (or the end of the grace) abandons them."""
+
+    def __init__(self, executor: Any, grace: float, err: TextIO) -> None:
+        self.executor = executor
+        self.grace = grace
+        self.err = err
+        self.signals = 0
+        self.requested = False
+        self._deadline: float | None = None
+        self._abandoned = False
+
+    def signal(self) -> None:
+        self.signals += 1
+
+    def check(self) -> None:
+        """Called from the run loop: acts on signals that arrived."""
+        if self.signals and not self.requested:
+            self.requested = True
+            self._deadline = time.monotonic() + self.grace
+            self.executor.drain()
+            in_flight = self.executor.stats()["in_flight"]
+            print(
+                f"\nstopping: waiting up to {self.grace:g}s for {in_flight} requests in flight "
+                "(press Ctrl-C again to abandon them)",
+                file=self.err,
+            )
+        if self.requested and not self._abandoned:
+            if self.signals > 1 or (self._deadline is not None and time.monotonic() >= self._deadline):
+                self._abandoned = True
+                self.executor.cancel()
+
+
 @contextlib.contextmanager
-def stop_signals() -> Iterator[threading.Event]:
-    """SIGINT/SIGTERM set an event instead of raising, so no result in hand is ever dropped
-    half-processed; the run loop sees the event and stops dispatching."""
-    stop = threading.Event()
+def stop_signals(stop: Shutdown) -> Iterator[None]:
+    """SIGINT/SIGTERM are counted instead of raising, so no result in hand is ever dropped
+    half-processed; the run loop acts on them (signals are only caught on the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        yield stop
+        yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
-        stop.set()
+        stop.signal()
 
     for sig in previous:
         signal.signal(sig, handler)
     try:
-        yield stop
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
-def resume_command() -> str:
-    """The command line that continues this run (the same command: ok rows are skipped)."""
-    return shlex.join(["prompt-runner", *sys.argv[1:]])
+def resume_command(output: Path) -> str:
+    """The command that continues this run from its saved state."""
+    return shlex.join(["prompt-runner", "resume", str(output)])
 
 
 __all__ = ["Batch", "RunOptions", "RunnerError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]

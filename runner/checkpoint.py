@@ -1,21 +1,26 @@
-"""The run's on-disk state: `OUTPUT.run/` with the run's config and atomic Parquet part files.
+"""The run's on-disk state: `OUTPUT.run/` with the run's record, a lock, and atomic Parquet parts.
 
 Layout::
 
     OUTPUT.parquet.run/
-        run.json              configuration of the run (never a secret)
+        run.json              the run's options and fingerprints (never a secret)
+        lock                  held (flock) by the process that is running it
         parts/part-000001.parquet
         parts/part-000002.parquet ...
 
 Each part holds finished rows (input columns + results + `_row`), written to a temporary
-file, fsynced, then renamed into place: a crash leaves either a whole part or none. A later
-part wins over an earlier one for the same `_row` (a failed row retried on a rerun).
+file, fsynced, then renamed into place: a crash leaves either a whole part or none, and a
+part that does not open (a torn copy, a disk error) is skipped. A later part wins over an
+earlier one for the same `_row` (a failed row retried on a rerun).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,16 +29,23 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from runner.errors import RunnerError
+from runner.errors import InputError, RunnerError
 
-#: A part is written at least this often while results arrive ...
-FLUSH_SECONDS = 1.0
-#: ... or as soon as this many rows are waiting.
-FLUSH_ROWS = 500
+#: Results wait at most this long in memory before they are written: a `kill -9` re-sends
+#: only the requests in flight plus this window's results.
+FLUSH_SECONDS = 0.02
+#: ... or sooner, once this many rows wait (the run sets it from its size and concurrency,
+#: so that a burst of answers is written at once).
+FLUSH_ROWS = 20_000
+#: Frequent flushes make small parts; this many are merged into one, so a long slow run
+#: does not leave millions of files behind.
+MERGE_PARTS = 64
+#: Parts with fewer rows than this count as small.
+SMALL_PART_ROWS = 5_000
 
 
 class OutputError(RunnerError):
-    """The output location cannot be used."""
+    """The output location cannot be used or written."""
 
 
 def run_dir_for(output: Path) -> Path:
@@ -64,11 +76,28 @@ def write_atomic(table: pa.Table, dest: Path) -> None:
 
 def write_json_atomic(data: dict[str, Any], dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(dest.parent)
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """What identifies an input file's content: its size and sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def oserror_text(err: OSError) -> str:
+    return err.strerror or str(err)
 
 
 class RunDir:
@@ -80,30 +109,86 @@ class RunDir:
         self.parts = self.path / "parts"
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self.flush_rows = FLUSH_ROWS
         self._last_flush = time.monotonic()
         self._next_part = 1
+        self._lock_fd: int | None = None
+        #: Small parts this process wrote (only its own: their rows appear in no later part).
+        self._small: list[Path] = []
 
-    def prepare(self, config: dict[str, Any]) -> None:
-        """Creates the directory (or reopens it) and records the run's configuration."""
-        try:
-            self.parts.mkdir(parents=True, exist_ok=True)
-            probe = self.parts / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise OutputError(f"{self.output}: cannot write the run state in {self.path}: {err.strerror}") from None
-        write_json_atomic(config, self.path / "run.json")
-        self._next_part = 1 + max((self._part_number(p) for p in self._part_files()), default=0)
+    # -- the run's record ------------------------------------------------------------------
 
-    def saved_config(self) -> dict[str, Any] | None:
+    def exists(self) -> bool:
+        return (self.path / "run.json").is_file()
+
+    def record(self) -> dict[str, Any] | None:
         try:
             return json.loads((self.path / "run.json").read_text())
         except (OSError, ValueError):
             return None
 
+    def write_record(self, record: dict[str, Any]) -> None:
+        try:
+            write_json_atomic(record, self.path / "run.json")
+        except OSError as err:
+            raise OutputError(f"{self.path / 'run.json'}: cannot write the run record: {oserror_text(err)}") from None
+
+    def remove(self) -> None:
+        """Starts over: the state directory and the output go."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.output.unlink(missing_ok=True)
+
+    # -- the lock --------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Creates the directory (or reopens it), takes the lock, and clears temporary files."""
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise OutputError(f"{self.output}: cannot write the run state in {self.path}: {oserror_text(err)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(f"{self.output}: another prompt-runner (pid {self.holder() or '?'}) is running on it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        for leftover in self.parts.glob(".*.tmp-*"):
+            leftover.unlink(missing_ok=True)
+        self._next_part = 1 + max((self._part_number(p) for p in self._part_files()), default=0)
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def holder(self) -> int | None:
+        """The pid of the process running this run, if one is."""
+        try:
+            fd = os.open(self.path / "lock", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.read(fd, 32) or b"0") or None
+            except ValueError:
+                return None
+        finally:
+            os.close(fd)
+        return None
+
+    # -- parts -----------------------------------------------------------------------------
+
     @staticmethod
     def _part_number(path: Path) -> int:
-        return int(path.stem.split("-")[1])
+        try:
+            return int(path.stem.split("-")[1])
+        except (IndexError, ValueError):
+            return 0
 
     def _part_files(self) -> list[Path]:
         if not self.parts.is_dir():
@@ -111,7 +196,7 @@ class RunDir:
         return sorted(self.parts.glob("part-*.parquet"), key=self._part_number)
 
     def readable_parts(self) -> list[Path]:
-        """Part files that open as Parquet; a torn file from a crash is skipped, not fatal."""
+        """Part files that open as Parquet; a torn file is skipped, never fatal."""
         good = []
         for path in self._part_files():
             try:
@@ -121,19 +206,27 @@ class RunDir:
             good.append(path)
         return good
 
-    def ok_rows(self) -> set[int]:
-        """Row positions whose latest result is ok: they are never sent again."""
-        parts = self.readable_parts()
-        if not parts:
-            return set()
-        latest = self._latest(
-            pl.concat([pl.read_parquet(p, columns=["_row", "status"]) for p in parts], how="vertical_relaxed")
-        )
-        return set(latest.filter(pl.col("status") == "ok")["_row"].to_list())
+    def latest(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """The latest result of every row so far (all columns, or the ones named)."""
+        frames = []
+        for path in self.readable_parts():
+            try:
+                frames.append(pl.read_parquet(path, columns=columns))
+            except (OSError, pl.exceptions.ComputeError):
+                continue
+        if not frames:
+            return pl.DataFrame({"_row": pl.Series([], dtype=pl.Int64)})
+        merged = pl.concat(frames, how="diagonal_relaxed")
+        return merged.unique(subset="_row", keep="last", maintain_order=True)
 
-    @staticmethod
-    def _latest(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.unique(subset="_row", keep="last", maintain_order=True)
+    def settled_rows(self, retry_failed: bool = True) -> set[int]:
+        """Rows not to send again: the ok ones, and the failed ones too unless retried."""
+        latest = self.latest(["_row", "status"])
+        if not latest.height:
+            return set()
+        if not retry_failed:
+            return set(latest["_row"].to_list())
+        return set(latest.filter(pl.col("status") == "ok")["_row"].to_list())
 
     def append(self, table: pa.Table) -> None:
         self._pending.append(table)
@@ -141,34 +234,53 @@ class RunDir:
 
     def flush_due(self) -> bool:
         return bool(self._pending) and (
-            self._pending_rows >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS
+            self._pending_rows >= self.flush_rows or time.monotonic() - self._last_flush >= FLUSH_SECONDS
         )
+
+    def seconds_to_flush(self, longest: float) -> float:
+        """How long the run loop may wait for results before waiting rows must be written."""
+        if not self._pending:
+            return longest
+        return max(0.0, min(longest, FLUSH_SECONDS - (time.monotonic() - self._last_flush)))
 
     def flush(self) -> None:
         """Writes the waiting rows as the next part file."""
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        table = pa.concat_tables(self._pending, promote_options="permissive")
+        self._write_part(pa.concat_tables(self._pending, promote_options="permissive"))
+        self._pending.clear()
+        self._pending_rows = 0
+        if len(self._small) >= MERGE_PARTS:
+            self._merge_small()
+
+    def _write_part(self, table: pa.Table) -> None:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"
         try:
             write_atomic(table, dest)
         except OSError as err:
-            raise OutputError(f"{dest}: cannot write results: {err.strerror}") from None
+            raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
         self._next_part += 1
-        self._pending.clear()
-        self._pending_rows = 0
+        if table.num_rows < SMALL_PART_ROWS:
+            self._small.append(dest)
+
+    def _merge_small(self) -> None:
+        """Replaces this process's small parts by one. The merged part is written (with a
+        higher number) before the small ones go, so a crash in between only duplicates rows,
+        and the duplicates hold the same results."""
+        small, self._small = self._small, []
+        merged = pa.concat_tables([pq.read_table(p) for p in small], promote_options="permissive")
+        self._write_part(merged)
+        for path in small:
+            path.unlink(missing_ok=True)
 
     def compact(self, metadata: dict[bytes, bytes]) -> pa.Table:
         """Replaces OUTPUT atomically with the latest result of every row, in input order."""
-        parts = self.readable_parts()
-        frames = [pl.read_parquet(p) for p in parts]
-        merged = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame({"_row": []})
-        final = self._latest(merged).sort("_row").drop("_row")
+        final = self.latest().sort("_row").drop("_row")
         table = final.to_arrow(compat_level=pl.CompatLevel.oldest())
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
         try:
             write_atomic(table, self.output)
         except OSError as err:
-            raise OutputError(f"{self.output}: cannot write the output: {err.strerror}") from None
+            raise OutputError(f"{self.output}: cannot write the output: {oserror_text(err)}") from None
         return table

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from runner.options import RunOptions
 from runner.errors import RunnerError
 
 app = typer.Typer(
@@ -50,11 +51,12 @@ def run(
     max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate per row.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render the input, count rows, send nothing.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the saved state of OUTPUT and start over.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On a rerun, send rows that ended in error again.")] = True,
+    grace_period: Annotated[float, typer.Option(help="On Ctrl-C/SIGTERM, seconds to let requests in flight finish.")] = 30.0,
     mock_config: Annotated[str, typer.Option(hidden=True, help="JSON settings of the built-in mock (tests).")] = "{}",
 ) -> None:
     """Run every row of INPUT against a model and write one result row per input row."""
-    from runner.batch import Batch, RunOptions
-
     if template and template_file:
         raise fail("give --template or --template-file, not both")
     if template_file is not None:
@@ -83,15 +85,66 @@ def run(
         limit=limit,
         dry_run=dry_run,
         mock_config=mock_config,
+        restart=restart,
+        retry_failed=retry_failed,
+        grace_period=grace_period,
     )
+    raise typer.Exit(execute(opts))
+
+
+def execute(opts: RunOptions) -> int:
+    """Runs a batch; user mistakes become one line and exit code 2."""
+    from runner.batch import Batch
+
     try:
-        code = Batch(opts).run()
+        return Batch(opts).run()
     except RunnerError as err:
-        raise fail(str(err)) from None
+        typer.echo(f"error: {err}", err=True)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         typer.echo("interrupted before the run started; nothing was sent", err=True)
-        raise typer.Exit(130) from None
-    raise typer.Exit(code)
+        return 130
+
+
+@app.command()
+def resume(
+    output: Annotated[Path, typer.Argument(help="The output of the run to continue.")],
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="Send rows that ended in error again.")] = True,
+    concurrency: Annotated[Optional[int], typer.Option(help="Override the saved concurrency.")] = None,
+    rpm: Annotated[Optional[int], typer.Option(help="Override the saved requests per minute.")] = None,
+    tpm: Annotated[Optional[int], typer.Option(help="Override the saved tokens per minute.")] = None,
+    grace_period: Annotated[Optional[float], typer.Option(help="Seconds to let requests finish on Ctrl-C.")] = None,
+) -> None:
+    """Continue a run from its saved state: ok rows are never sent again."""
+    from runner.checkpoint import RunDir
+
+    record = RunDir(output).record()
+    if record is None or "options" not in record:
+        raise fail(f"{output}: no saved run to resume (no {RunDir(output).path.name}/run.json)")
+    try:
+        opts = RunOptions(output=output, **record["options"])
+    except TypeError as err:
+        raise fail(f"{output}: the saved run cannot be read by this version: {err}") from None
+    opts.retry_failed = retry_failed
+    for name, value in (("concurrency", concurrency), ("rpm", rpm), ("tpm", tpm), ("grace_period", grace_period)):
+        if value is not None:
+            setattr(opts, name, value)
+    raise typer.Exit(execute(opts))
+
+
+@app.command()
+def status(
+    output: Annotated[Path, typer.Argument(help="The output of a run (finished, running or stopped).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Rows done/ok/failed/pending, errors by type, tokens, cost, latencies, and the run's state."""
+    from runner.status import format_status, run_status, status_json
+
+    try:
+        s = run_status(output)
+    except RunnerError as err:
+        raise fail(str(err)) from None
+    typer.echo(status_json(s) if json_out else format_status(s))
 
 
 @app.command("mock-server")
@@ -100,6 +153,7 @@ def mock_server(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     api_key: Annotated[str, typer.Option(help="The key the server accepts.")] = "mock-key",
     latency_ms: Annotated[int, typer.Option(help="Delay before each response, in ms.")] = 0,
+    latency_jitter_ms: Annotated[int, typer.Option(help="Extra random delay per response, 0..N ms.")] = 0,
     rate_limit: Annotated[Optional[int], typer.Option(help="Requests per second before answering 429.")] = None,
     fault_rate: Annotated[float, typer.Option(help="Share of requests that get an injected fault (0..1).")] = 0.0,
     faults: Annotated[str, typer.Option(help="Comma-separated fault kinds: 429,500,502,503,529,reset,cut.")] = "429,500,502,503,529,reset,cut",
@@ -112,6 +166,7 @@ def mock_server(
     config = {
         "api_key": api_key,
         "latency_ms": latency_ms,
+        "latency_jitter_ms": latency_jitter_ms,
         "rate_limit_rps": rate_limit,
         "fault_rate": fault_rate,
         "faults": [f.strip() for f in faults.split(",") if f.strip()],

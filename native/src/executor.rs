@@ -78,6 +78,8 @@ struct Shared {
     backoff: Backoff,
     stats: Stats,
     cancel: CancellationToken,
+    /// Set by a graceful stop: no new request starts; requests on the wire may finish.
+    draining: CancellationToken,
     fatal: Mutex<Option<String>>,
     results: Mutex<Vec<RowResult>>,
     results_ready: Condvar,
@@ -96,6 +98,7 @@ impl Shared {
         if fatal.is_none() {
             *fatal = Some(message);
         }
+        self.draining.cancel();
         self.cancel.cancel();
     }
 }
@@ -121,6 +124,7 @@ impl Executor {
             client,
             stats: Stats::default(),
             cancel: CancellationToken::new(),
+            draining: CancellationToken::new(),
             fatal: Mutex::new(None),
             results: Mutex::new(Vec::new()),
             results_ready: Condvar::new(),
@@ -187,7 +191,15 @@ impl Executor {
 
     /// Stops dispatching and abandons in-flight requests; their rows get no result.
     pub fn cancel(&self) {
+        self.shared.draining.cancel();
         self.shared.cancel.cancel();
+        self.close_input();
+    }
+
+    /// A graceful stop: queued rows and rows waiting for their turn or a retry are left
+    /// unsent (no result), requests already on the wire finish and report as usual.
+    pub fn drain(&self) {
+        self.shared.draining.cancel();
         self.close_input();
     }
 
@@ -213,6 +225,7 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
+        self.shared.draining.cancel();
         self.shared.cancel.cancel();
     }
 }
@@ -221,11 +234,11 @@ async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     let mut tasks = JoinSet::new();
     loop {
         let slot = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
+            _ = shared.draining.cancelled() => break,
             slot = shared.limiter.acquire_slot() => slot,
         };
         let job = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
+            _ = shared.draining.cancelled() => break,
             job = rx.recv() => match job {
                 Some(job) => job,
                 None => break,
@@ -326,7 +339,7 @@ async fn attempt_until_settled(
     let mut attempt: u32 = 0;
     loop {
         tokio::select! {
-            _ = shared.cancel.cancelled() => return None,
+            _ = shared.draining.cancelled() => return None,
             _ = shared.limiter.wait_turn(estimate) => {},
         }
         attempt += 1;
@@ -376,7 +389,7 @@ async fn attempt_until_settled(
             .backoff
             .delay(attempt - 1, err.retry_after, &mut rand::rng());
         let cancelled = tokio::select! {
-            _ = shared.cancel.cancelled() => true,
+            _ = shared.draining.cancelled() => true,
             _ = tokio::time::sleep(delay) => false,
         };
         stats.retrying.fetch_sub(1, Ordering::Relaxed);

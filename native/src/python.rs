@@ -95,6 +95,11 @@ impl Executor {
         self.inner.cancel();
     }
 
+    /// Graceful stop: nothing new is sent; requests on the wire finish and report.
+    fn drain(&self) {
+        self.inner.drain();
+    }
+
     /// Why the run stopped early (authentication, quota), with any key redacted.
     fn fatal_error(&self) -> Option<String> {
         self.inner.fatal_error()

@@ -12,6 +12,9 @@ pub struct MockConfig {
     pub api_key: String,
     /// Delay before the response headers of every API request.
     pub latency_ms: u64,
+    /// Extra delay drawn uniformly from 0..=this per request, so that answers do not arrive in
+    /// lockstep waves as no real API sends them.
+    pub latency_jitter_ms: u64,
     /// Token bucket of capacity R refilled at R per second; a request finding it empty gets a 429.
     pub rate_limit_rps: Option<u32>,
     /// Probability, per API request, of injecting one fault drawn uniformly from `faults`.
@@ -34,6 +37,7 @@ impl Default for MockConfig {
         MockConfig {
             api_key: "mock-key".to_string(),
             latency_ms: 0,
+            latency_jitter_ms: 0,
             rate_limit_rps: None,
             fault_rate: 0.0,
             faults: FaultKind::ALL

@@ -205,8 +205,12 @@ async fn api(
         };
         return Err(Reject::Api(err, Some(d)));
     }
-    if shared.config.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(shared.config.latency_ms)).await;
+    let jitter = match shared.config.latency_jitter_ms {
+        0 => 0,
+        j => rand::random_range(0..=j),
+    };
+    if shared.config.latency_ms + jitter > 0 {
+        tokio::time::sleep(Duration::from_millis(shared.config.latency_ms + jitter)).await;
     }
     let fault = shared.faults.draw();
     let status = match fault {

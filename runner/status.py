@@ -1,0 +1,120 @@
+"""`prompt-runner status`: where a run stands, read from its state directory (or its output)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from runner.checkpoint import RunDir
+from runner.errors import InputError
+from runner.progress import format_duration
+
+
+def run_status(output: Path) -> dict[str, Any]:
+    """Counts, tokens, cost, latencies and state of the run writing `output`.
+
+    Works while the run is going (it reads only whole part files), after it finished, and
+    after it was killed.
+    """
+    run_dir = RunDir(output)
+    record = run_dir.record()
+    if record is not None:
+        frame = run_dir.latest()
+        total = int(record.get("rows", frame.height))
+    elif output.is_file():
+        frame = pl.read_parquet(output)
+        total = frame.height
+    else:
+        raise InputError(f"{output}: no run here (no {run_dir.path.name}/ and no output file)")
+    ok = _count(frame, "ok")
+    failed = _count(frame, "error")
+    holder = run_dir.holder()
+    if holder is not None:
+        state = f"running (pid {holder})"
+    elif frame.height >= total and output.is_file() and _output_is_current(run_dir):
+        state = "complete" if failed == 0 else "complete with failed rows"
+    else:
+        state = "stopped (interrupted or killed): resume with `prompt-runner resume " + str(output) + "`"
+    status: dict[str, Any] = {
+        "output": str(output),
+        "state": state,
+        "rows": total,
+        "done": ok + failed,
+        "ok": ok,
+        "failed": failed,
+        "pending": max(0, total - ok - failed),
+        "errors": _errors(frame),
+        "prompt_tokens": _sum(frame, "prompt_tokens"),
+        "completion_tokens": _sum(frame, "completion_tokens"),
+        "cost_usd": _sum(frame, "cost_usd", float),
+        "latency_ms": _latency(frame),
+        "elapsed_s": _elapsed(frame),
+    }
+    if record is not None:
+        status["provider"] = record.get("options", {}).get("provider")
+        status["model"] = record.get("fingerprint", {}).get("request", {}).get("model")
+    return status
+
+
+def _output_is_current(run_dir: RunDir) -> bool:
+    parts = run_dir.readable_parts()
+    return not parts or run_dir.output.stat().st_mtime >= max(p.stat().st_mtime for p in parts)
+
+
+def _count(frame: pl.DataFrame, status: str) -> int:
+    if "status" not in frame.columns:
+        return 0
+    return int((frame["status"] == status).sum())
+
+
+def _sum(frame: pl.DataFrame, column: str, kind: type = int) -> Any:
+    if column not in frame.columns or frame[column].null_count() == frame.height:
+        return None if kind is float else 0
+    return kind(frame[column].sum())
+
+
+def _errors(frame: pl.DataFrame) -> dict[str, int]:
+    if "error_type" not in frame.columns:
+        return {}
+    counts = frame.filter(pl.col("status") == "error")["error_type"].fill_null("unknown").value_counts()
+    return {row["error_type"]: int(row["count"]) for row in counts.sort("count", descending=True).iter_rows(named=True)}
+
+
+def _latency(frame: pl.DataFrame) -> dict[str, float | None]:
+    if "latency_ms" not in frame.columns:
+        return {"p50": None, "p95": None, "p99": None}
+    ok = frame.filter(pl.col("status") == "ok")["latency_ms"]
+    return {f"p{q}": (round(float(ok.quantile(q / 100)), 1) if ok.len() else None) for q in (50, 95, 99)}
+
+
+def _elapsed(frame: pl.DataFrame) -> float | None:
+    if "started_at" not in frame.columns or not frame.height:
+        return None
+    span = frame["finished_at"].max() - frame["started_at"].min()  # type: ignore[operator]
+    return round(span.total_seconds(), 3) if span is not None else None
+
+
+def format_status(s: dict[str, Any]) -> str:
+    lat = s["latency_ms"]
+    cost = "unknown" if s["cost_usd"] is None else f"${s['cost_usd']:.4f}"
+    errors = ", ".join(f"{k}={v}" for k, v in s["errors"].items()) or "none"
+    elapsed = "-" if s["elapsed_s"] is None else format_duration(s["elapsed_s"])
+    lines = [
+        f"{s['output']}: {s['state']}",
+        f"rows: {s['rows']}  done={s['done']} ok={s['ok']} failed={s['failed']} pending={s['pending']}",
+        f"errors: {errors}",
+        f"tokens: prompt={s['prompt_tokens']:,} completion={s['completion_tokens']:,}  cost: {cost}",
+        f"latency: p50={_ms(lat['p50'])} p95={_ms(lat['p95'])} p99={_ms(lat['p99'])}  elapsed: {elapsed}",
+    ]
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} ms"
+
+
+def status_json(s: dict[str, Any]) -> str:
+    return json.dumps(s, indent=2)
