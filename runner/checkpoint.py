@@ -27,6 +27,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runner.errors import InputError, RunnerError
@@ -275,12 +276,124 @@ class RunDir:
             path.unlink(missing_ok=True)
 
     def compact(self, metadata: dict[bytes, bytes]) -> pa.Table:
-        """Replaces OUTPUT atomically with the latest result of every row, in input order."""
-        final = self.latest().sort("_row").drop("_row")
-        table = final.to_arrow(compat_level=pl.CompatLevel.oldest())
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+        """Replaces OUTPUT atomically with the latest result of every row, in input order.
+
+        Works in windows of rows, reading only the parts whose `_row` range overlaps each
+        window, so memory stays bounded however large the run. Returns the columns a summary
+        needs (status, error_type, tokens, latency) for all rows.
+        """
+        parts = self.readable_parts()
+        spans = [_row_span(p) for p in parts]
+        schema = target_schema([pq.read_schema(p) for p in parts]).with_metadata(metadata)
+        out_schema = schema.remove(schema.get_field_index("_row")) if "_row" in schema.names else schema
+        summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
+        summaries: list[pa.Table] = []
+        last_row = max((hi for _, hi in spans), default=-1)
+        tmp = self.output.with_name(f".{self.output.name}.tmp-{os.getpid()}")
         try:
-            write_atomic(table, self.output)
+            with open(tmp, "wb") as fh:
+                with pq.ParquetWriter(fh, out_schema, compression="zstd") as writer:
+                    for start in range(0, last_row + 1, COMPACT_WINDOW):
+                        stop = start + COMPACT_WINDOW
+                        pieces = [
+                            _with_part(conform(pq.read_table(p, filters=[("_row", ">=", start), ("_row", "<", stop)]), schema), i)
+                            for i, (p, (lo, hi)) in enumerate(zip(parts, spans))
+                            if lo < stop and hi >= start
+                        ]
+                        if not pieces:
+                            continue
+                        window = _latest_sorted(pa.concat_tables(pieces))
+                        window = window.drop_columns(["_row"]).replace_schema_metadata(metadata)
+                        writer.write_table(window)
+                        summaries.append(window.select(summary_columns))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.output)
+            _fsync_dir(self.output.parent)
         except OSError as err:
             raise OutputError(f"{self.output}: cannot write the output: {oserror_text(err)}") from None
-        return table
+        finally:
+            tmp.unlink(missing_ok=True)
+        if not summaries:
+            return pa.table({c: pa.array([], out_schema.field(c).type) for c in summary_columns})
+        return pa.concat_tables(summaries)
+
+
+#: Rows per compaction window: memory is bounded by this, not by the run's size.
+COMPACT_WINDOW = 50_000
+#: What the end-of-run summary reads back from compaction.
+SUMMARY_COLUMNS = ["status", "error_type", "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd"]
+
+
+def _row_span(path: Path) -> tuple[int, int]:
+    """The smallest and largest `_row` in a part, from its footer statistics."""
+    meta = pq.read_metadata(path)
+    index = meta.schema.to_arrow_schema().get_field_index("_row")
+    lo, hi = None, None
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return (0, 2**62)  # no statistics: assume it overlaps everything
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    return (lo if lo is not None else 0, hi if hi is not None else -1)
+
+
+def _with_part(table: pa.Table, index: int) -> pa.Table:
+    return table.append_column("_part", pa.array([index] * table.num_rows, pa.int32()))
+
+
+def _latest_sorted(table: pa.Table) -> pa.Table:
+    """Rows sorted by `_row`, keeping for each row the one from the latest part."""
+    table = table.take(pc.sort_indices(table, [("_row", "ascending"), ("_part", "ascending")]))
+    rows = table.column("_row").combine_chunks()
+    following = pa.concat_arrays([rows.slice(1), pa.array([-1], rows.type)])
+    return table.filter(pc.not_equal(rows, following)).drop_columns(["_part"])
+
+
+def target_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for all parts: types promoted where they can be, JSON text where not
+    (an input column holding objects in one chunk and lists in another)."""
+    fields: dict[str, pa.Field] = {}
+    for schema in schemas:
+        for field in schema:
+            if field.name not in fields:
+                fields[field.name] = field
+                continue
+            try:
+                merged = pa.unify_schemas(
+                    [pa.schema([fields[field.name]]), pa.schema([field])], promote_options="permissive"
+                )
+                fields[field.name] = merged.field(0)
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                fields[field.name] = pa.field(field.name, pa.large_string())
+    return pa.schema(list(fields.values()))
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns and types (missing ones null)."""
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        column = table.column(field.name)
+        if column.type == field.type:
+            columns.append(column)
+        elif pa.types.is_large_string(field.type) and not _castable(column.type, field.type):
+            columns.append(_json_text(column))
+        else:
+            columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _castable(source: pa.DataType, target: pa.DataType) -> bool:
+    return pa.types.is_string(source) or pa.types.is_large_string(source) or pa.types.is_null(source) or (
+        pa.types.is_integer(source) or pa.types.is_floating(source) or pa.types.is_boolean(source)
+    )
+
+
+def _json_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Values as JSON text (nulls stay null)."""
+    values = [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in column.to_pylist()]
+    return pa.chunked_array([pa.array(values, pa.large_string())])
