@@ -397,6 +397,7 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
             request["template"] = text
 
     models: list[ModelSpec] = []
+    seen: dict[tuple[str, str], int] = {}
     raw_models = data.get("models", [])
     if "models" in data and (not isinstance(raw_models, list) or not raw_models):
         c.add("models", "expected one or more [[models]] tables")
@@ -410,12 +411,12 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
                 c.add(f"models[{i}].model", "required key is missing")
                 continue
             values["model"] = MOCK_MODEL
-        models.append(ModelSpec(**values))
-    seen: set[tuple[str, str]] = set()
-    for i, m in enumerate(models):
-        if (m.provider, m.model) in seen:
-            c.add(f"models[{i}]", f"{m.provider}/{m.model} is listed twice")
-        seen.add((m.provider, m.model))
+        spec = ModelSpec(**values)
+        if (spec.provider, spec.model) in seen:
+            c.add(f"models[{i}]", f"{spec.provider}/{spec.model} is listed twice (also models[{seen[spec.provider, spec.model]}])")
+            continue
+        seen[spec.provider, spec.model] = i
+        models.append(spec)
 
     limits = c.section(data.get("limits", {}), LIMITS, "limits.")
 
