@@ -361,13 +361,19 @@ def pass_rates(table: pa.Table) -> dict[str, tuple[float, int, int]]:
     }
 
 
-def _pair(a: float, b: float) -> tuple[str, str]:
-    """Two rates formatted with enough decimals that unequal values never print equal."""
-    for digits in (2, 3, 4):
-        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
-        if sa != sb:
-            return sa, sb
-    return f"{a:.6f}", f"{b:.6f}"
+def _decimals(x: float) -> int:
+    return next((d for d in range(7) if round(x, d) == x), 6)
+
+
+def _shortfall(rate: float, floor: float) -> tuple[str, str, str]:
+    """Rate, threshold and gap, with the threshold's decimals (at least 2) or more, so that a
+    rate just under the threshold never prints as equal to it nor the gap as zero."""
+    digits = max(2, _decimals(floor))
+    while True:
+        shown, wanted, gap = (f"{v:.{digits}f}" for v in (rate, floor, floor - rate))
+        if digits >= 6 or (shown != wanted and float(gap) > 0):
+            return shown, wanted, gap
+        digits += 1
 
 
 def check_thresholds(table: pa.Table, min_pass_rate: float | None) -> list[str]:
@@ -378,8 +384,6 @@ def check_thresholds(table: pa.Table, min_pass_rate: float | None) -> list[str]:
     messages = []
     for model, (rate, _passed, _total) in pass_rates(table).items():
         if rate < min_pass_rate:
-            shown, floor = _pair(rate, min_pass_rate)
-            digits = len(shown.split(".")[1])
-            short = f"{min_pass_rate - rate:.{digits}f}"
+            shown, floor, short = _shortfall(rate, min_pass_rate)
             messages.append(f"{model or 'all rows'}: pass rate {shown} < {floor} (short by {short})")
     return messages
