@@ -67,7 +67,7 @@ def default_cache_path() -> Path:
     return base / "prompt-runner" / "cache.sqlite"
 
 
-def _field(value: str | int | float | None) -> bytes:
+def _field(value: str | float | None) -> bytes:
     # Length-prefixed, so no choice of texts can make two different requests collide;
     # None differs from "" and 0 from 0.0 does not (temperature 0 == 0.0).
     if value is None:
@@ -99,7 +99,8 @@ def cache_key(
     """The cache key (sha256 hex) of one request."""
     h = _prefix(provider, api_base, model, system, temperature, max_tokens)
     h.update(_field(messages_json))
-    return h.hexdigest()
+    key: str = h.hexdigest()
+    return key
 
 
 def cache_keys(

@@ -528,7 +528,7 @@ def merge_cli(job: Job, overrides: Mapping[str, Any]) -> Job:
             value = str(value)
         if key == "timeout" and isinstance(value, int):
             value = float(value)
-        check = _OVERRIDE_CHECKS.get(key, nonempty)
+        check: Check = _OVERRIDE_CHECKS.get(key, nonempty)
         try:
             given[key] = check(value)
         except Bad as bad:

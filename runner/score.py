@@ -251,7 +251,7 @@ def _load_function(method: str) -> Callable[..., Any]:
         raise InputError(f"score.method: cannot import '{module_name}': {err}") from None
     except Exception as err:  # the user's module failed while importing
         raise InputError(f"score.method: importing '{module_name}' raised {type(err).__name__}: {err}") from None
-    func = getattr(module, func_name, None)
+    func: Callable[..., Any] | None = getattr(module, func_name, None)
     if not callable(func):
         raise InputError(f"score.method: '{module_name}' has no function '{func_name}'")
     return func
