@@ -135,8 +135,12 @@ def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return column
     if pa.types.is_floating(column.type):
         # 64.0 should compare as "64", as a person would write it.
-        values = [None if v is None else (str(int(v)) if float(v).is_integer() else repr(v)) for v in column.to_pylist()]
-        return pa.chunked_array([pa.array(values, pa.string())])
+        values = pl.Series(pl.from_arrow(column)).cast(pl.Float64)
+        whole = values.is_finite() & (values == values.floor()) & (values.abs() < 2**53)
+        text = pl.select(
+            pl.when(whole).then(values.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(values.cast(pl.String))
+        ).to_series()
+        return pa.chunked_array([text.to_arrow().cast(pa.string())])
     try:
         return pc.cast(column, pa.string())
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
@@ -263,11 +267,11 @@ def _python(table: pa.Table, ok: list[bool], expected: pa.ChunkedArray | None, m
     wanted = expected.to_pylist() if expected is not None else [None] * table.num_rows
     ids = table.column("id").to_pylist() if "id" in table.column_names else list(range(table.num_rows))
     scores: list[float | None] = []
-    for i in range(table.num_rows):
+    rows = (row for batch in table.to_batches(max_chunksize=4096) for row in batch.to_pylist())
+    for i, row in enumerate(rows):
         if not ok[i]:
             scores.append(None)
             continue
-        row = table.slice(i, 1).to_pylist()[0]
         try:
             value = func(outputs[i], wanted[i], row)
         except Exception as err:
@@ -321,10 +325,14 @@ def score_table(table: pa.Table, spec: ScoreSpec) -> pa.Table:
         passed = pc.and_(pc.cast(hit_array, pa.bool_()), ok_mask)
         score = pc.if_else(ok_mask, pc.cast(passed, pa.float64()), pa.scalar(None, pa.float64()))
     metadata = dict(table.schema.metadata or {})
+    rescoring = META_SCORE in metadata
     metadata[META_SCORE] = json.dumps(spec.record()).encode()
     for name in ("score", "passed"):
         if name in table.column_names:
-            table = table.drop_columns([name])
+            if rescoring:
+                table = table.drop_columns([name])
+            else:  # an input column of that name is kept, as the output schema keeps clashes
+                table = table.rename_columns([f"input.{c}" if c == name else c for c in table.column_names])
     table = table.append_column(pa.field("score", pa.float64()), _chunked(score, pa.float64()))
     table = table.append_column(pa.field("passed", pa.bool_()), _chunked(passed, pa.bool_()))
     return table.replace_schema_metadata(metadata)

@@ -203,3 +203,19 @@ def test_pass_rates_need_a_scored_table() -> None:
 def test_empty_table_scores() -> None:
     table = score_table(output_table([], {"answer": pa.string()}), ScoreSpec(method="contains", expected_column="answer"))
     assert table.num_rows == 0 and pass_rates(table) == {}
+
+
+def test_an_input_column_named_score_is_kept() -> None:
+    table = output_table([{"output": "a", "answer": "a", "score": "9/10"}], {"answer": pa.string(), "score": pa.string()})
+    table = score_table(table, ScoreSpec(method="exact", expected_column="answer"))
+    assert table.column("input.score").to_pylist() == ["9/10"]
+    assert table.column("score").to_pylist() == [1.0]
+
+
+def test_python_scores_many_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "len_scorer.py").write_text("def f(output, expected, row):\n    return row['n'] % 2 == 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [{"output": "x", "n": i} for i in range(10_000)]
+    table = score_table(output_table(rows, {"n": pa.int64()}), ScoreSpec(method="python:len_scorer:f"))
+    assert pass_rates(table)["mock-echo"] == (0.5, 5000, 10_000)
+    sys.modules.pop("len_scorer", None)
