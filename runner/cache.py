@@ -10,8 +10,8 @@ and ``INSERT OR IGNORE`` (the first answer stored for a key is kept).
 
 The run loop uses it per input chunk: :meth:`ResponseCache.lookup` the chunk's keys (one query
 per 500 keys), turn the hits into executor-shaped results with :func:`hits_chunk` (``cache_hit``
-true, latency 0, attempts 0), submit only the misses, and :meth:`ResponseCache.store` new ok
-results as they arrive.
+true, latency 0, attempts 0), submit only the misses, and :meth:`ResponseCache.store_results` new ok
+results as they arrive (keys kept per row in flight).
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "CacheError",
@@ -201,6 +204,18 @@ class ResponseCache:
             except sqlite3.Error as err:
                 raise CacheError(f"{self.path}: cache write failed: {err}") from None
         return len(values)
+
+    def store_results(self, keys: Sequence[str], results: pa.Table) -> int:
+        """Stores the ok rows of an executor result table (``batch.result_table``);
+        ``keys[i]`` is the cache key of ``results`` row ``i``. Returns rows stored."""
+        import pyarrow.compute as pc
+
+        if len(keys) != results.num_rows:
+            raise ValueError(f"store_results: {len(keys)} keys for {results.num_rows} rows")
+        ok = pc.fill_null(pc.equal(results.column("status"), "ok"), False).to_pylist()
+        columns = results.select([f for f in RESULT_FIELDS if f in results.column_names]).to_pydict()
+        rows = [(key, {name: values[i] for name, values in columns.items()}) for i, key in enumerate(keys) if ok[i]]
+        return self.store(rows)
 
     def __len__(self) -> int:
         with self._lock:

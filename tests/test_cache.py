@@ -179,3 +179,16 @@ def test_unusable_location_is_one_line(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(CacheError, match=r"cannot open the response cache"):
         ResponseCache.open(blocker / "sub" / "cache.sqlite")
+
+
+def test_store_results_keeps_only_ok_rows(tmp_path: Path) -> None:
+    chunk = hits_chunk([0, 1, 2], ["k0", "k1", "k2"], {"k0": result(0), "k1": result(1), "k2": result(2)})
+    chunk["status"][1] = "error"
+    chunk["output"][1] = None
+    table = result_table(chunk)
+    with ResponseCache.open(tmp_path / "c.sqlite") as cache:
+        assert cache.store_results(["a", "b", "c"], table) == 2
+        assert set(cache.lookup(["a", "b", "c"])) == {"a", "c"}
+        assert cache.lookup(["c"])["c"] == result(2)
+        with pytest.raises(ValueError):
+            cache.store_results(["a"], table)

@@ -276,6 +276,11 @@ def test_cli_override_values_are_checked(tmp_path: Path) -> None:
         merge_cli(job, {"rpm": 0})
     with pytest.raises(InputError, match=r"^--provider: expected 'openai', 'anthropic' or 'mock', got \"azure\"$"):
         merge_cli(job, {"provider": "azure"})
+    unscored = merge_cli(job, {})
+    from dataclasses import replace
+
+    with pytest.raises(InputError, match=r"^--min-pass-rate: the job has no \[score\] section"):
+        merge_cli(replace(unscored, score=None), {"min_pass_rate": 0.5})
     with pytest.raises(ValueError, match="unknown override"):
         merge_cli(job, {"colour": "red"})
 
