@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from runner.endpoint import MOCK_MODEL, PROVIDERS
 from runner.errors import InputError
 from runner.pricing import cost_column, price_of
 from runner.score import ScoreSpec, validate_method
@@ -43,9 +44,6 @@ __all__ = [
     "merge_cli",
     "parse_job",
 ]
-
-PROVIDERS = ("openai", "anthropic", "mock")
-MOCK_MODEL = "mock-echo"
 
 
 class JobFileError(InputError):
@@ -557,9 +555,9 @@ def merge_cli(job: Job, overrides: Mapping[str, Any]) -> Job:
     limits = replace(job.limits, **{k: given[k] for k in _LIMIT_KEYS if k in given})
     score = job.score
     if "min_pass_rate" in given:
-        score = replace(score or ScoreSpec(), min_pass_rate=given["min_pass_rate"]) if score else None
         if score is None:
             raise InputError("--min-pass-rate: the job has no [score] section to apply it to")
+        score = replace(score, min_pass_rate=given["min_pass_rate"])
     return replace(
         job,
         **{k: given[k] for k in _TOP_KEYS if k in given},
