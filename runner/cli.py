@@ -191,5 +191,8 @@ def mock_server(
         typer.echo(f"stopped after {stats.get('requests', 0)} requests", err=True)
 
 
+app.command("report")(__import__("runner.report", fromlist=["report_command"]).report_command)
+
+
 def main() -> None:
     app()

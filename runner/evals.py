@@ -1,0 +1,55 @@
+"""The end of an eval job: score the finished output in place, write its reports, check thresholds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import pyarrow.parquet as pq
+
+from runner.checkpoint import write_atomic
+from runner.errors import InputError
+from runner.jobfile import Job
+from runner.report import write_reports
+from runner.score import score_table
+
+__all__ = ["EXIT_OK", "EXIT_THRESHOLD", "evaluate"]
+
+EXIT_OK, EXIT_THRESHOLD = 0, 1
+
+
+def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = None) -> int:
+    """Scores ``output`` (default ``job.output``) with ``job.score`` and rewrites it atomically
+    with ``score``/``passed`` columns (metadata kept), writes ``job.report``'s files, and prints
+    one line per model below ``min_pass_rate``. Returns 1 when a threshold was missed, else 0.
+
+    Without a ``[score]`` section only the reports are written. Raises InputError for a
+    scoring mistake (missing expected column, failing user function).
+    """
+    err = err or sys.stderr
+    path = Path(output if output is not None else job.output)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read the output to score it: {exc}") from None
+    if job.score is not None:
+        table = score_table(table, job.score)
+        write_atomic(table, path)
+    _, missed = write_reports(
+        table,
+        markdown_path=job.report.markdown,
+        junit_path=job.report.junit,
+        json_path=job.report.json,
+        min_pass_rate=job.score.min_pass_rate if job.score else None,
+        title=f"prompt-runner: {job.name}",
+    )
+    for message in missed:
+        print(f"below the minimum pass rate: {message}", file=err)
+    if job.score is not None and job.score.min_pass_rate is not None and not missed:
+        print(f"every model reaches the minimum pass rate {job.score.min_pass_rate:.2f}", file=err)
+    for name in ("markdown", "junit", "json"):
+        target = getattr(job.report, name)
+        if target:
+            print(f"wrote {name} report to {target}", file=err)
+    return EXIT_THRESHOLD if missed else EXIT_OK
