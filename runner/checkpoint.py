@@ -223,11 +223,16 @@ class RunDir:
     def settled_rows(self, retry_failed: bool = True) -> set[int]:
         """Rows not to send again: the ok ones, and the failed ones too unless retried."""
         latest = self.latest(["_row", "status"])
-        if not latest.height:
+        if not latest.height or "status" not in latest.columns:
             return set()
         if not retry_failed:
             return set(latest["_row"].to_list())
         return set(latest.filter(pl.col("status") == "ok")["_row"].to_list())
+
+    def spent(self) -> float:
+        """USD spent on the rows saved so far (their latest results)."""
+        latest = self.latest(["_row", "cost_usd"])
+        return float(latest["cost_usd"].sum() or 0.0) if "cost_usd" in latest.columns else 0.0
 
     def append(self, table: pa.Table) -> None:
         self._pending.append(table)

@@ -31,73 +31,94 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 @app.command()
 def run(
-    input: Annotated[str, typer.Argument(help="A .jsonl, .jsonl.gz or .parquet file, a directory or a glob of them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The output Parquet file; its run state lives beside it.")],
-    provider: Annotated[str, typer.Option(help="openai, anthropic, or mock (a built-in server, no key needed).")] = "openai",
+    input: Annotated[Optional[str], typer.Argument(help="A .jsonl, .jsonl.gz or .parquet file, a directory or a glob of them.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The output Parquet file; its run state lives beside it.")] = None,
+    job: Annotated[Optional[Path], typer.Option(help="A job file (TOML); flags given here override it.")] = None,
+    provider: Annotated[Optional[str], typer.Option(help="openai (default), anthropic, or mock (a built-in server, no key needed).")] = None,
     model: Annotated[Optional[str], typer.Option(help="The model name sent to the provider.")] = None,
     api_base: Annotated[Optional[str], typer.Option(help="Base URL (else OPENAI_BASE_URL / ANTHROPIC_BASE_URL).")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="Read the API key from this variable instead.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 32,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight at most (default 32).")] = None,
     rpm: Annotated[Optional[int], typer.Option(help="Requests per minute at most.")] = None,
     tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute at most (prompt estimate + max tokens).")] = None,
-    max_retries: Annotated[int, typer.Option(help="Retries of a transient failure per row.")] = 6,
-    timeout: Annotated[float, typer.Option(help="Seconds per attempt.")] = 60.0,
-    stream: Annotated[bool, typer.Option("--stream", help="Stream responses (SSE); records time to first token.")] = False,
+    max_retries: Annotated[Optional[int], typer.Option(help="Retries of a transient failure per row (default 6).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per attempt (default 60).")] = None,
+    stream: Annotated[Optional[bool], typer.Option("--stream", help="Stream responses (SSE); records time to first token.")] = None,
     template: Annotated[Optional[str], typer.Option(help="A Jinja template over the row's columns, e.g. 'Q: {{ question }}'.")] = None,
     template_file: Annotated[Optional[Path], typer.Option(help="Read the template from a file.")] = None,
     system: Annotated[Optional[str], typer.Option(help="A system prompt for every row.")] = None,
-    id_column: Annotated[Optional[str], typer.Option(help="The column holding each row's id (default: the row's position).")] = None,
+    id_column: Annotated[Optional[str], typer.Option(help="The column holding each row's id (default: `id`, else the row's position).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate per row.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render the input, count rows, send nothing.")] = False,
+    cache: Annotated[Optional[bool], typer.Option("--cache", help="Reuse identical earlier responses (SQLite in the user cache dir).")] = None,
+    max_cost: Annotated[Optional[float], typer.Option(help="USD; stop dispatching when the run has spent this much.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render the input, count rows and estimate cost; send nothing.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the saved state of OUTPUT and start over.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On a rerun, send rows that ended in error again.")] = True,
     grace_period: Annotated[float, typer.Option(help="On Ctrl-C/SIGTERM, seconds to let requests in flight finish.")] = 30.0,
     mock_config: Annotated[str, typer.Option(hidden=True, help="JSON settings of the built-in mock (tests).")] = "{}",
 ) -> None:
-    """Run every row of INPUT against a model and write one result row per input row."""
-    if template and template_file:
-        raise fail("give --template or --template-file, not both")
+    """Run every row of INPUT against a model (or a job file's models) and write one result row per input row and model."""
+    flags = {
+        "input": input, "output": output, "provider": provider, "model": model, "api_base": api_base,
+        "api_key_env": api_key_env, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
+        "max_retries": max_retries, "timeout": timeout, "stream": stream, "template": template,
+        "template_file": template_file, "system": system, "id_column": id_column,
+        "temperature": temperature, "max_tokens": max_tokens, "cache": cache, "max_cost": max_cost,
+    }
+    extra = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
+             "grace_period": grace_period, "mock_config": mock_config}
+    try:
+        if job is not None:
+            opts, loaded = job_options(job, flags, extra)
+        else:
+            opts, loaded = flag_options(flags, extra), None
+    except RunnerError as err:
+        raise fail(str(err)) from None
+    raise typer.Exit(execute(opts, loaded))
+
+
+def job_options(path: Path, flags: dict[str, object], extra: dict[str, object]) -> tuple[RunOptions, object]:
+    from runner.jobfile import load_job, merge_cli
+    from runner.options import from_job
+
+    job = merge_cli(load_job(path), flags)
+    return from_job(job, **extra), job
+
+
+def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunOptions:
+    from runner.errors import InputError
+
+    if flags["input"] is None or flags["output"] is None:
+        raise InputError("give INPUT and -o OUTPUT (or --job FILE)")
+    if flags["template"] and flags["template_file"]:
+        raise InputError("give --template or --template-file, not both")
+    template_file = flags.pop("template_file")
     if template_file is not None:
         try:
-            template = template_file.read_text()
+            flags["template"] = Path(str(template_file)).read_text()
         except OSError as err:
-            raise fail(f"{template_file}: cannot read the template: {err.strerror}") from None
-    opts = RunOptions(
-        input=input,
-        output=output,
-        provider=provider,
-        model=model,
-        api_base=api_base,
-        api_key_env=api_key_env,
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        max_retries=max_retries,
-        timeout=timeout,
-        stream=stream,
-        template=template,
-        system=system,
-        id_column=id_column,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        limit=limit,
-        dry_run=dry_run,
-        mock_config=mock_config,
-        restart=restart,
-        retry_failed=retry_failed,
-        grace_period=grace_period,
-    )
-    raise typer.Exit(execute(opts))
+            raise InputError(f"{template_file}: cannot read the template: {err.strerror}") from None
+    given = {k: v for k, v in flags.items() if v is not None}
+    return RunOptions(**given, **extra)  # type: ignore[arg-type]
 
 
-def execute(opts: RunOptions) -> int:
-    """Runs a batch; user mistakes become one line and exit code 2."""
-    from runner.batch import Batch
+def execute(opts: RunOptions, job: object = None) -> int:
+    """Runs a batch, then scores and reports it for a job; user mistakes become one line and exit 2."""
+    from runner.batch import EXIT_FAILED, EXIT_OK, Batch
 
     try:
-        return Batch(opts).run()
+        code = Batch(opts).run()
+        if job is None and opts.job and not opts.dry_run:
+            from runner.jobfile import load_job
+
+            job = load_job(Path(opts.job))
+        if job is not None and code in (EXIT_OK, EXIT_FAILED) and opts.output.is_file() and not opts.dry_run:
+            from runner.evals import evaluate
+
+            code = max(code, evaluate(job, opts.output))  # type: ignore[arg-type]
+        return code
     except RunnerError as err:
         typer.echo(f"error: {err}", err=True)
         return EXIT_USAGE
@@ -114,6 +135,7 @@ def resume(
     rpm: Annotated[Optional[int], typer.Option(help="Override the saved requests per minute.")] = None,
     tpm: Annotated[Optional[int], typer.Option(help="Override the saved tokens per minute.")] = None,
     grace_period: Annotated[Optional[float], typer.Option(help="Seconds to let requests finish on Ctrl-C.")] = None,
+    max_cost: Annotated[Optional[float], typer.Option(help="A new budget in USD for the whole run.")] = None,
 ) -> None:
     """Continue a run from its saved state: ok rows are never sent again."""
     from runner.checkpoint import RunDir
@@ -126,7 +148,7 @@ def resume(
     except TypeError as err:
         raise fail(f"{output}: the saved run cannot be read by this version: {err}") from None
     opts.retry_failed = retry_failed
-    for name, value in (("concurrency", concurrency), ("rpm", rpm), ("tpm", tpm), ("grace_period", grace_period)):
+    for name, value in (("concurrency", concurrency), ("rpm", rpm), ("tpm", tpm), ("grace_period", grace_period), ("max_cost", max_cost)):
         if value is not None:
             setattr(opts, name, value)
     raise typer.Exit(execute(opts))

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.endpoint import MOCK_MODEL
 from runner.errors import InputError
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One model of a run (a model matrix has several), with its own endpoint and limits."""
+
+    index: int
+    provider: str
+    model: str
+    api_base: str | None
+    api_key_env: str | None
+    concurrency: int
+    rpm: int | None
+    tpm: int | None
 
 
 @dataclass
 class RunOptions:
-    """Everything `prompt-runner run` takes."""
+    """Everything `prompt-runner run` takes (or a job file gives)."""
 
     input: str
     output: Path
-    provider: str
+    provider: str = "openai"
     model: str | None = None
     api_base: str | None = None
     api_key_env: str | None = None
@@ -36,11 +51,37 @@ class RunOptions:
     restart: bool = False
     retry_failed: bool = True
     grace_period: float = 30.0
+    #: A model matrix: dicts of provider, model, api_base, api_key_env, concurrency, rpm, tpm.
+    #: None runs the single model above.
+    models: list[dict[str, Any]] | None = None
+    cache: bool = False
+    max_cost: float | None = None
+    #: Price overrides, USD per 1M tokens: {model: [input, output]}.
+    prices: dict[str, list[float]] = field(default_factory=dict)
+    #: The job file this run came from (scored and reported after the run).
+    job: str | None = None
 
     def saved(self) -> dict[str, Any]:
         """The options as kept in run.json, enough for `resume` to run them again."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("output", "dry_run", "restart")}
-        return keep
+        return {k: v for k, v in asdict(self).items() if k not in ("output", "dry_run", "restart")}
+
+    def lanes(self) -> list[Lane]:
+        specs = self.models or [
+            {"provider": self.provider, "model": self.model, "api_base": self.api_base, "api_key_env": self.api_key_env}
+        ]
+        return [
+            Lane(
+                index=i,
+                provider=spec["provider"],
+                model=spec.get("model") or MOCK_MODEL,
+                api_base=spec.get("api_base"),
+                api_key_env=spec.get("api_key_env"),
+                concurrency=spec.get("concurrency") or self.concurrency,
+                rpm=spec["rpm"] if spec.get("rpm") is not None else self.rpm,
+                tpm=spec["tpm"] if spec.get("tpm") is not None else self.tpm,
+            )
+            for i, spec in enumerate(specs)
+        ]
 
     def check(self) -> None:
         for name in ("concurrency", "rpm", "tpm", "limit", "max_tokens"):
@@ -53,5 +94,49 @@ class RunOptions:
             raise InputError(f"--timeout: must be a positive number of seconds, got {self.timeout}")
         if self.grace_period < 0:
             raise InputError(f"--grace-period: must be 0 or more seconds, got {self.grace_period}")
-        if self.provider != "mock" and not self.model:
-            raise InputError(f"--model is required with --provider {self.provider}")
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise InputError(f"--max-cost: must be a positive number of USD, got {self.max_cost}")
+        for spec in self.models or [{"provider": self.provider, "model": self.model}]:
+            if spec["provider"] not in ("openai", "anthropic", "mock"):
+                raise InputError(f"--provider: expected one of openai, anthropic, mock, got {spec['provider']!r}")
+            if spec["provider"] != "mock" and not spec.get("model"):
+                raise InputError(f"--model is required with --provider {spec['provider']}")
+
+
+def from_job(job: Any, **extra: Any) -> RunOptions:
+    """RunOptions for a loaded (and CLI-merged) job file."""
+    limits = job.limits
+    return RunOptions(
+        input=job.input,
+        output=Path(job.output),
+        provider=job.models[0].provider,
+        model=job.models[0].model,
+        concurrency=limits.concurrency,
+        rpm=limits.rpm,
+        tpm=limits.tpm,
+        max_retries=limits.max_retries,
+        timeout=limits.timeout,
+        stream=job.request.stream,
+        template=job.request.template,
+        system=job.request.system,
+        id_column=job.request.id_column,
+        temperature=job.request.temperature,
+        max_tokens=job.request.max_tokens,
+        models=[
+            {
+                "provider": m.provider,
+                "model": m.model,
+                "api_base": m.api_base,
+                "api_key_env": m.api_key_env,
+                "concurrency": m.concurrency,
+                "rpm": m.rpm,
+                "tpm": m.tpm,
+            }
+            for m in job.models
+        ],
+        cache=bool(job.cache),
+        max_cost=limits.max_cost,
+        prices={k: list(v) for k, v in job.prices.items()},
+        job=str(job.source) if job.source else None,
+        **extra,
+    )

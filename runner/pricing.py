@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,17 +26,26 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 
 
-def price_of(model: str) -> tuple[float, float] | None:
-    """The model's price, matching dated snapshots (`gpt-4o-2024-08-06`) to their family."""
-    if model in PRICES:
-        return PRICES[model]
-    family = max((name for name in PRICES if model.startswith(name + "-")), key=len, default=None)
-    return PRICES[family] if family else None
+def price_of(model: str, overrides: Mapping[str, Sequence[float]] | None = None) -> tuple[float, float] | None:
+    """The model's price, from `overrides` (a job's `[prices]`) first, then the built-in table;
+    dated snapshots (`gpt-4o-2024-08-06`) match their family."""
+    for table in (overrides or {}, PRICES):
+        if model in table:
+            return (float(table[model][0]), float(table[model][1]))
+        family = max((name for name in table if model.startswith(name + "-")), key=len, default=None)
+        if family:
+            return (float(table[family][0]), float(table[family][1]))
+    return None
 
 
-def cost_column(model: str, prompt_tokens: pa.Array, completion_tokens: pa.Array) -> pa.Array:
+def cost_column(
+    model: str,
+    prompt_tokens: pa.Array,
+    completion_tokens: pa.Array,
+    overrides: Mapping[str, Sequence[float]] | None = None,
+) -> pa.Array:
     """`cost_usd` for each row: null where the price or the token counts are unknown."""
-    price = price_of(model)
+    price = price_of(model, overrides)
     if price is None:
         return pa.nulls(len(prompt_tokens), pa.float64())
     cost_in = pc.multiply(pc.cast(prompt_tokens, pa.float64()), price[0] / 1e6)

@@ -25,7 +25,7 @@ RESULT_FIELDS = [
 
 #: Every column the runner adds, in output order around the input columns.
 LEADING = ["id"]
-TRAILING = ["model", "provider"] + [f.name for f in RESULT_FIELDS] + ["cost_usd", "request_hash", "run_id"]
+TRAILING = ["model", "provider"] + [f.name for f in RESULT_FIELDS] + ["cost_usd", "request_hash", "run_id", "cache_hit"]
 RESERVED = set(LEADING) | set(TRAILING) | {"_row"}
 
 #: Where the run's configuration lives in the Parquet key-value metadata.

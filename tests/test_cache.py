@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.batch import result_table
+from runner.lane import result_table
 from runner.cache import LOOKUP_CHUNK, CacheError, ResponseCache, cache_key, cache_keys, default_cache_path, hits_chunk
 
 BASE = dict(

@@ -100,7 +100,7 @@ def test_input_columns_are_kept_unchanged(tmp_path: Path) -> None:
     df = read_output(out)
     assert df["prompt"].to_list() == texts and df["n"].to_list() == list(range(50))
     assert df.columns[:4] == ["id", "key", "prompt", "n"]
-    assert df.columns[-3:] == ["cost_usd", "request_hash", "run_id"]
+    assert df.columns[-4:] == ["cost_usd", "request_hash", "run_id", "cache_hit"]
 
 
 def test_transient_faults_end_ok_and_bad_requests_are_tried_once(tmp_path: Path) -> None:

@@ -1,0 +1,222 @@
+"""One model's share of a run: its executor, the feeder thread, cache look-ups, and joining each
+result to its input row."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from runner.cache import ResponseCache, cache_keys, hits_chunk
+from runner.dataset import iter_chunks
+from runner.endpoint import Endpoint
+from runner.options import Lane, RunOptions
+from runner.pricing import cost_column
+from runner.render import RequestSpec, Renderer, plan
+from runner.schema import RESULT_FIELDS, TS, input_column_name
+
+
+class InFlight:
+    """Input chunks whose rows are still out, so each result can be joined to its input row."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chunks: list[list[Any]] = []  # [start, table, ids, rows still out]
+
+    def add(self, start: int, table: pa.Table, ids: pa.Array, outstanding: int) -> None:
+        if outstanding:
+            with self._lock:
+                self._chunks.append([start, table, ids, outstanding])
+
+    def join(self, results: pa.Table) -> list[tuple[pa.Table, pa.Array, pa.Table]]:
+        """Splits `results` by input chunk: (input rows, their ids, their results)."""
+        rows = results.column("_row")
+        pieces = []
+        with self._lock:
+            for entry in self._chunks:
+                start, table, ids, _ = entry
+                mask = pc.and_(pc.greater_equal(rows, start), pc.less(rows, start + table.num_rows))
+                mine = results.filter(mask)
+                if not mine.num_rows:
+                    continue
+                index = pc.subtract(mine.column("_row"), start)
+                pieces.append((table.take(index), ids.take(index), mine))
+                entry[3] -= mine.num_rows
+            self._chunks = [e for e in self._chunks if e[3] > 0]
+        return pieces
+
+
+class LaneRun:
+    """Runs one model over the input. Rows are numbered `offset + position`, so the lanes of a
+    model matrix share one run directory without overlapping."""
+
+    def __init__(
+        self,
+        lane: Lane,
+        opts: RunOptions,
+        paths: list[Path],
+        spec: RequestSpec,
+        total: int,
+        ep: Endpoint,
+        run_id: str,
+        cache: ResponseCache | None,
+    ) -> None:
+        self.lane = lane
+        self.opts = opts
+        self.paths = paths
+        self.spec = spec
+        self.total = total
+        self.offset = lane.index * total
+        self.ep = ep
+        self.run_id = run_id
+        self.cache = cache
+        self.inflight = InFlight()
+        self.hits: queue.Queue[dict[str, list[Any]]] = queue.Queue()
+        self.cache_hits = 0
+        self._keys: dict[int, str] = {}
+        self._keys_lock = threading.Lock()
+        self._renderers: dict[Path, Renderer] = {}
+        self.feed_error: BaseException | None = None
+        self.executor: Any = None
+        self._feeder: threading.Thread | None = None
+
+    def owns(self, row: int) -> bool:
+        return self.offset <= row < self.offset + self.total
+
+    def native_config(self) -> str:
+        o, lane = self.opts, self.lane
+        return json.dumps(
+            {
+                "provider": self.ep.wire,
+                "api_base": self.ep.api_base,
+                "api_key": self.ep.api_key,
+                "model": lane.model,
+                "temperature": o.temperature,
+                "max_tokens": o.max_tokens,
+                "stream": o.stream,
+                "system": o.system,
+                "concurrency": lane.concurrency,
+                "rpm": lane.rpm,
+                "tpm": lane.tpm,
+                "max_retries": o.max_retries,
+                "timeout": o.timeout,
+            }
+        )
+
+    def renderer(self, path: Path, table: pa.Table) -> Renderer:
+        # Planned once per file from its first chunk, as `scan` checked it.
+        if path not in self._renderers:
+            self._renderers[path] = plan(table.column_names, self.spec, str(path))
+        return self._renderers[path]
+
+    def start(self, skip: set[int]) -> None:
+        from runner._native import Executor
+
+        self.executor = Executor(self.native_config())
+        self._feeder = threading.Thread(target=self._feed, args=(skip,), daemon=True, name=f"feed-{self.lane.model}")
+        self._feeder.start()
+
+    def join_feeder(self) -> None:
+        if self._feeder is not None:
+            self._feeder.join(timeout=5)
+
+    def _feed(self, skip: set[int]) -> None:
+        """Feeder thread: reads, renders and submits rows in chunks; the queue bounds memory."""
+        from runner._native import RunStopped
+
+        position = 0
+        try:
+            for chunk in iter_chunks(self.paths):
+                if position >= self.total:
+                    break
+                table = chunk.table.slice(0, self.total - position)
+                renderer = self.renderer(chunk.path, table)
+                ids = pa.array(renderer.ids(table, position, chunk), pa.string())
+                payloads = renderer.render(table, chunk)
+                start = self.offset + position
+                wanted = [i for i in range(table.num_rows) if start + i not in skip]
+                self.inflight.add(start, table, ids, len(wanted))
+                self._submit([start + i for i in wanted], [payloads[i] for i in wanted])
+                position += table.num_rows
+        except RunStopped:
+            pass
+        except BaseException as err:  # surfaced on the main thread after the run stops
+            self.feed_error = err
+            self.executor.cancel()
+        finally:
+            self.executor.close_input()
+
+    def _submit(self, rows: list[int], payloads: list[str]) -> None:
+        if not rows:
+            return
+        if self.cache is not None:
+            o = self.opts
+            keys = cache_keys(self.lane.provider, self.ep.api_base if self.lane.provider != "mock" else None,
+                              self.lane.model, payloads, o.system, o.temperature, o.max_tokens)
+            found = self.cache.lookup(keys)
+            if found:
+                self.hits.put(hits_chunk(rows, keys, found))
+                self.cache_hits += sum(1 for k in keys if k in found)
+            misses = [i for i, k in enumerate(keys) if k not in found]
+            with self._keys_lock:
+                self._keys.update((rows[i], keys[i]) for i in misses)
+            rows, payloads = [rows[i] for i in misses], [payloads[i] for i in misses]
+        if rows:
+            self.executor.submit(rows, payloads)
+
+    def poll(self, wait: float) -> list[pa.Table] | None:
+        """Output rows that are ready (input columns joined), or None once the lane is done."""
+        ready = []
+        while not self.hits.empty():
+            ready.extend(self._output(self.hits.get_nowait(), cached=True))
+        chunk = self.executor.poll(0 if ready else wait)
+        if chunk is None:
+            while not self.hits.empty():
+                ready.extend(self._output(self.hits.get_nowait(), cached=True))
+            return ready or None
+        if chunk:
+            ready.extend(self._output(chunk, cached=False))
+        return ready
+
+    def _output(self, chunk: dict[str, list[Any]], cached: bool) -> list[pa.Table]:
+        results = result_table(chunk)
+        if self.cache is not None and not cached:
+            with self._keys_lock:
+                keys = [self._keys.pop(r) for r in chunk["row"]]
+            self.cache.store_results(keys, results)
+        return [self._output_rows(inputs, ids, res, cached) for inputs, ids, res in self.inflight.join(results)]
+
+    def _output_rows(self, inputs: pa.Table, ids: pa.Array, res: pa.Table, cached: bool) -> pa.Table:
+        n = res.num_rows
+        columns: dict[str, Any] = {"_row": res.column("_row"), "id": ids}
+        for name in inputs.column_names:
+            columns[input_column_name(name)] = inputs.column(name)
+        columns["model"] = pa.array([self.lane.model] * n, pa.string())
+        columns["provider"] = pa.array([self.lane.provider] * n, pa.string())
+        for f in RESULT_FIELDS:
+            columns[f.name] = res.column(f.name)
+        columns["cost_usd"] = cost_column(
+            self.lane.model, res.column("prompt_tokens"), res.column("completion_tokens"), self.opts.prices
+        )
+        columns["request_hash"] = res.column("request_hash")
+        columns["run_id"] = pa.array([self.run_id] * n, pa.string())
+        columns["cache_hit"] = pa.array([cached] * n, pa.bool_())
+        return pa.table(columns)
+
+
+def result_table(chunk: dict[str, list[Any]]) -> pa.Table:
+    """The executor's column lists as a typed Arrow table (`_row` + the result fields)."""
+    arrays = {"_row": pa.array(chunk["row"], pa.int64())}
+    for f in RESULT_FIELDS:
+        values = chunk[f.name]
+        if f.type == TS:
+            arrays[f.name] = pa.array(values, pa.int64()).cast(TS)
+        else:
+            arrays[f.name] = pa.array(values, f.type)
+    arrays["request_hash"] = pa.array(chunk["request_hash"], pa.string())
+    return pa.table(arrays)
