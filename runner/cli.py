@@ -53,6 +53,7 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows.")] = None,
     cache: Annotated[Optional[bool], typer.Option("--cache", help="Reuse identical earlier responses (SQLite in the user cache dir).")] = None,
     max_cost: Annotated[Optional[float], typer.Option(help="USD; stop dispatching when the run has spent this much.")] = None,
+    min_pass_rate: Annotated[Optional[float], typer.Option(help="With --job: the pass rate each model must reach.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render the input, count rows and estimate cost; send nothing.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the saved state of OUTPUT and start over.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On a rerun, send rows that ended in error again.")] = True,
@@ -66,6 +67,7 @@ def run(
         "max_retries": max_retries, "timeout": timeout, "stream": stream, "template": template,
         "template_file": template_file, "system": system, "id_column": id_column,
         "temperature": temperature, "max_tokens": max_tokens, "cache": cache, "max_cost": max_cost,
+        "min_pass_rate": min_pass_rate,
     }
     extra = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
              "grace_period": grace_period, "mock_config": mock_config}
@@ -90,6 +92,8 @@ def job_options(path: Path, flags: dict[str, object], extra: dict[str, object]) 
 def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunOptions:
     from runner.errors import InputError
 
+    if flags.pop("min_pass_rate") is not None:
+        raise InputError("--min-pass-rate needs --job (a job file with a [score] section)")
     if flags["input"] is None or flags["output"] is None:
         raise InputError("give INPUT and -o OUTPUT (or --job FILE)")
     if flags["template"] and flags["template_file"]:
