@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 SHELL  := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-python clean
+.PHONY: help build demo test test-rust test-python bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,11 @@ test-rust: ## Rust unit tests (release profile: reuses the wheel build's artifac
 
 test-python: ## pytest end-to-end suites against the mock server
 	$(BIN)/pytest -q tests
+
+bench: build ## benchmarks: prompt-runner vs hand-written baselines and wrk (about 10 minutes)
+	$(BIN)/pip install --quiet 'openai>=1.40' 'aiohttp>=3.9'
+	command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || echo "wrk not installed: no raw ceiling")
+	$(BIN)/python benches/bench.py
 
 clean: ## remove build outputs, the venv and example runs
 	rm -rf target $(VENV) runs runner/_native*.so

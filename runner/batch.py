@@ -177,8 +177,8 @@ class Batch:
 
     def _run(self, endpoints: list[endpoint.Endpoint], run_dir: RunDir, total: int) -> int:
         o = self.opts
-        # Write a burst of answers at once, and never hold back more than 0.5 % of the rows.
-        run_dir.flush_rows = min(FLUSH_ROWS, max(o.concurrency, total // 200))
+        # Never hold back more than 0.5 % of the rows (nor a second's worth) unwritten.
+        run_dir.flush_rows = min(FLUSH_ROWS, max(1, total * len(self.lanes) // 200))
         settled = run_dir.settled_rows(o.retry_failed)
         spent = run_dir.spent()
         grand_total = total * len(self.lanes)

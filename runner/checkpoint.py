@@ -32,11 +32,10 @@ import pyarrow.parquet as pq
 
 from runner.errors import InputError, RunnerError
 
-#: Results wait at most this long in memory before they are written: a `kill -9` re-sends
-#: only the requests in flight plus this window's results.
-FLUSH_SECONDS = 0.02
-#: ... or sooner, once this many rows wait (the run sets it from its size and concurrency,
-#: so that a burst of answers is written at once).
+#: Results wait at most this long in memory before they are written ...
+FLUSH_SECONDS = 1.0
+#: ... or less: a part is written once this many rows wait. The run sets it to 0.5 % of its
+#: rows, so a `kill -9` re-sends only the requests in flight plus at most 0.5 % of the rows.
 FLUSH_ROWS = 20_000
 #: Frequent flushes make small parts; this many are merged into one, so a long slow run
 #: does not leave millions of files behind.

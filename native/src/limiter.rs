@@ -17,6 +17,9 @@ pub struct Limiter {
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<TokenQuota>,
     paused_until: Mutex<Option<Instant>>,
+    /// One waiter at a time asks governor for a cell, the rest queue here in FIFO order:
+    /// without it every waiter wakes at each cell and all but one go back to sleep.
+    gate: tokio::sync::Mutex<()>,
     concurrency: AdaptiveConcurrency,
 }
 
@@ -32,6 +35,7 @@ impl Limiter {
             rpm: rpm.map(request_quota).map(RateLimiter::direct),
             tpm: tpm.map(token_quota),
             paused_until: Mutex::new(None),
+            gate: tokio::sync::Mutex::new(()),
             concurrency: AdaptiveConcurrency::new(concurrency),
         }
     }
@@ -50,6 +54,10 @@ impl Limiter {
                 _ => break,
             }
         }
+        if self.rpm.is_none() && self.tpm.is_none() {
+            return;
+        }
+        let _turn = self.gate.lock().await;
         if let Some(rpm) = &self.rpm {
             rpm.until_ready().await;
         }
