@@ -16,6 +16,7 @@ earlier one for the same `_row` (a failed row retried on a rerun).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -23,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -60,31 +61,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(table: pa.Table, dest: Path) -> None:
-    """Writes `table` to `dest` through a fsynced temporary file and a rename."""
+@contextlib.contextmanager
+def atomic_file(dest: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `dest` whole or not at all: written to a temporary file, fsynced,
+    renamed into place, and the directory fsynced."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(dest.parent)
+
+
+def write_atomic(table: pa.Table, dest: Path) -> None:
+    """Writes `table` to `dest` as Parquet, atomically."""
+    with atomic_file(dest) as fh:
+        pq.write_table(table, fh, compression="zstd")
 
 
 def write_json_atomic(data: dict[str, Any], dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
+    with atomic_file(dest) as fh:
+        fh.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -293,9 +294,8 @@ class RunDir:
         summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
         summaries: list[pa.Table] = []
         last_row = max((hi for _, hi in spans), default=-1)
-        tmp = self.output.with_name(f".{self.output.name}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as fh:
+            with atomic_file(self.output) as fh:
                 with pq.ParquetWriter(fh, out_schema, compression="zstd") as writer:
                     for start in range(0, last_row + 1, COMPACT_WINDOW):
                         stop = start + COMPACT_WINDOW
@@ -310,14 +310,8 @@ class RunDir:
                         window = window.drop_columns(["_row"]).replace_schema_metadata(metadata)
                         writer.write_table(window)
                         summaries.append(window.select(summary_columns))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.output)
-            _fsync_dir(self.output.parent)
         except OSError as err:
             raise OutputError(f"{self.output}: cannot write the output: {oserror_text(err)}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
         if not summaries:
             return pa.table({c: pa.array([], out_schema.field(c).type) for c in summary_columns})
         return pa.concat_tables(summaries)
