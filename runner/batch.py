@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runner import __version__, endpoint
+from runner import observability
 from runner.checkpoint import OutputError, RunDir
 from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError, RunnerError
@@ -58,6 +59,8 @@ class RunOptions:
     limit: int | None = None
     dry_run: bool = False
     mock_config: str = "{}"
+    # observability: serve Prometheus metrics on this port while the run goes on
+    metrics_port: int | None = None
 
     def check(self) -> None:
         for name in ("concurrency", "rpm", "tpm", "limit", "max_tokens"):
@@ -217,6 +220,7 @@ class Batch:
         if done_before:
             print(f"resuming: {total - to_send} of {total} rows are already ok and will not be sent again", file=self.err)
         executor = Executor(self._native_config(ep))
+        metrics_server = observability.start_metrics(self.opts.metrics_port, executor, self.err)  # observability
         feeder = threading.Thread(target=self._feed, args=(executor, done_before, total), daemon=True)
         started = time.monotonic()
         interrupted = False
@@ -233,6 +237,7 @@ class Batch:
                 s = executor.stats()
                 progress.update(s["done"], s["ok"], s["failed"], s["retrying"], s["prompt_tokens"], s["completion_tokens"])
         run_dir.flush()
+        observability.stop_metrics(metrics_server)  # observability
         feeder.join(timeout=5)
         elapsed = time.monotonic() - started
         if self.feed_error is not None:
@@ -242,7 +247,7 @@ class Batch:
             print(f"resume with: {resume_command()}", file=self.err)
             return EXIT_INTERRUPTED
         fatal = executor.fatal_error()
-        stats = executor.stats()
+        stats = {**executor.stats(), **observability.run_metrics(executor)}  # observability
         table = run_dir.compact(self._metadata(ep, stats, elapsed))
         print(summary(table, elapsed), file=self.err)
         if fatal:
@@ -252,7 +257,7 @@ class Batch:
         print(f"wrote {table.num_rows} rows to {self.opts.output}", file=self.err)
         return EXIT_FAILED if failed or table.num_rows < total else EXIT_OK
 
-    def _metadata(self, ep: endpoint.Endpoint, stats: dict[str, int], elapsed: float) -> dict[bytes, bytes]:
+    def _metadata(self, ep: endpoint.Endpoint, stats: dict[str, Any], elapsed: float) -> dict[bytes, bytes]:
         record = self.config_record(ep)
         metrics = {**stats, "elapsed_s": round(elapsed, 3)}
         return {META_CONFIG: json.dumps(record).encode(), META_SUMMARY: json.dumps(metrics).encode()}

@@ -51,9 +51,19 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render the input, count rows, send nothing.")] = False,
     mock_config: Annotated[str, typer.Option(hidden=True, help="JSON settings of the built-in mock (tests).")] = "{}",
+    # observability
+    log_level: Annotated[Optional[str], typer.Option(help="Log requests and retries to stderr at this level (error, warning, info, debug).", envvar="PROMPT_RUNNER_LOG")] = None,
+    log_format: Annotated[str, typer.Option(help="Log format: text, or json (one object per line).")] = "text",
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics during the run.")] = None,
 ) -> None:
     """Run every row of INPUT against a model and write one result row per input row."""
+    from runner import observability
     from runner.batch import Batch, RunOptions
+
+    try:  # observability
+        observability.setup_logging(log_level, log_format)
+    except RunnerError as err:
+        raise fail(str(err)) from None
 
     if template and template_file:
         raise fail("give --template or --template-file, not both")
@@ -83,6 +93,7 @@ def run(
         limit=limit,
         dry_run=dry_run,
         mock_config=mock_config,
+        metrics_port=metrics_port,  # observability
     )
     try:
         code = Batch(opts).run()

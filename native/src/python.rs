@@ -1,9 +1,13 @@
 //! PyO3 bindings: every `#[pymethods]` of the module `runner._native`, and the one place that
 //! maps native errors to Python exceptions.
 
+use crate::client::{
+    ClientConfig, ClientError as NativeClientError, ModelClient as NativeModelClient, Response,
+};
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::executor::{Executor as NativeExecutor, Job, Poll, RowResult};
+use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
 use crate::provider::Message;
 use crate::runtime::runtime;
@@ -12,7 +16,9 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 create_exception!(
     _native,
@@ -31,6 +37,13 @@ create_exception!(
     RunStopped,
     NativeError,
     "The run was stopped (auth/quota failure or cancel)."
+);
+
+create_exception!(
+    _native,
+    ClientError,
+    NativeError,
+    "A model client request failed; `error_type`, `status`, `message` and `attempts` say how."
 );
 
 fn to_py(err: Error) -> PyErr {
@@ -121,6 +134,42 @@ impl Executor {
         }
         dict.set_item("concurrency", self.inner.concurrency())?;
         Ok(dict)
+    }
+
+    /// Run metrics: retries by cause, the latency histogram (cumulative counts by upper bound
+    /// in seconds), and rows and completion tokens per second so far.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let dict = PyDict::new(py);
+        let retries = PyDict::new(py);
+        for (cause, n) in s.retries_by_cause.snapshot() {
+            retries.set_item(cause, n)?;
+        }
+        dict.set_item("retries_by_cause", retries)?;
+        dict.set_item("rate_limited", s.rate_limited.load(Ordering::Relaxed))?;
+        let h = s.latency.snapshot();
+        let buckets = PyDict::new(py);
+        for (bound, n) in &h.cumulative {
+            let le = if bound.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                bound.to_string()
+            };
+            buckets.set_item(le, n)?;
+        }
+        dict.set_item("latency_buckets", buckets)?;
+        dict.set_item("latency_count", h.count)?;
+        dict.set_item("latency_sum_s", h.sum_seconds)?;
+        let r = metrics::rates(s);
+        dict.set_item("elapsed_s", r.elapsed_seconds)?;
+        dict.set_item("rows_per_s", r.rows_per_second)?;
+        dict.set_item("tokens_per_s", r.tokens_per_second)?;
+        Ok(dict)
+    }
+
+    /// The run's metrics in Prometheus text format.
+    fn metrics_text(&self) -> String {
+        self.inner.metrics_text()
     }
 }
 
@@ -232,12 +281,197 @@ impl MockServer {
     }
 }
 
+/// What a request's task hands to its [`ChunkStream`].
+enum Item {
+    Delta(String),
+    Done(Result<Response, NativeClientError>),
+}
+
+/// A model client: one connection pool on the shared runtime, shared by every request.
+#[pyclass(module = "runner._native", frozen)]
+struct ModelClient {
+    inner: Arc<NativeModelClient>,
+}
+
+#[pymethods]
+impl ModelClient {
+    #[new]
+    #[pyo3(signature = (pool_size = crate::client::DEFAULT_POOL_SIZE))]
+    fn new(pool_size: usize) -> PyResult<Self> {
+        // Awaitables complete on the shared runtime; a second call finds it already set.
+        let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime());
+        let inner = NativeModelClient::new(pool_size).map_err(to_py)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Starts one request (`config_json`: provider, model, api_key, api_base, temperature,
+    /// max_tokens, stream, max_retries, timeout; `messages_json`: a list of {role, content})
+    /// as a task on the shared runtime; its pieces and its end arrive through the stream.
+    fn stream(&self, config_json: &str, messages_json: &str) -> PyResult<ChunkStream> {
+        let config = ClientConfig::from_json(config_json).map_err(to_py)?;
+        let messages: Vec<Message> = serde_json::from_str(messages_json)
+            .map_err(|e| PyValueError::new_err(format!("messages are not valid: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = self.inner.clone();
+        let task = runtime().spawn(async move {
+            let result = client
+                .send(&config, &messages, |piece| {
+                    let _ = tx.send(Item::Delta(piece.to_string()));
+                })
+                .await;
+            let _ = tx.send(Item::Done(result));
+        });
+        Ok(ChunkStream {
+            rx: Arc::new(AsyncMutex::new(rx)),
+            task: task.abort_handle(),
+        })
+    }
+}
+
+/// The pieces of one request as an async iterator: `str` deltas (streaming only), then one
+/// `dict` with the whole answer; a failure raises `ClientError`. Dropping it (or `cancel()`)
+/// abandons the request and frees its connection.
+#[pyclass(module = "runner._native", frozen)]
+struct ChunkStream {
+    rx: Arc<AsyncMutex<mpsc::UnboundedReceiver<Item>>>,
+    task: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl ChunkStream {
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// An awaitable of the next item, completed from the runtime through the event loop.
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let rx = self.rx.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            // `recv` is cancel-safe: an awaitable cancelled in Python loses no item.
+            let item = rx.lock().await.recv().await;
+            Python::attach(|py| match item {
+                None => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
+                Some(Item::Delta(piece)) => Ok(piece.into_pyobject(py)?.into_any().unbind()),
+                Some(Item::Done(Ok(response))) => Ok(answer(py, &response)?.into_any().unbind()),
+                Some(Item::Done(Err(err))) => Err(client_error(py, err)),
+            })
+        })
+    }
+
+    /// Abandons the request.
+    fn cancel(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for ChunkStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer<'py>(py: Python<'py>, response: &Response) -> PyResult<Bound<'py, PyDict>> {
+    let c = &response.completion;
+    let dict = PyDict::new(py);
+    dict.set_item("text", &c.text)?;
+    dict.set_item("finish_reason", &c.finish_reason)?;
+    dict.set_item("prompt_tokens", c.prompt_tokens)?;
+    dict.set_item("completion_tokens", c.completion_tokens)?;
+    dict.set_item("latency_ms", response.latency.as_secs_f64() * 1000.0)?;
+    dict.set_item("ttft_ms", response.ttft.map(|d| d.as_secs_f64() * 1000.0))?;
+    dict.set_item("attempts", response.attempts)?;
+    dict.set_item("http_status", response.http_status)?;
+    Ok(dict)
+}
+
+/// A `ClientError` carrying the failure's `error_type`, `status`, `message` and `attempts`.
+fn client_error(py: Python<'_>, err: NativeClientError) -> PyErr {
+    let exc = ClientError::new_err(err.to_string());
+    let value = exc.value(py);
+    for (name, result) in [
+        ("error_type", value.setattr("error_type", err.kind.as_str())),
+        ("status", value.setattr("status", err.status)),
+        ("message", value.setattr("message", &err.message)),
+        ("attempts", value.setattr("attempts", err.attempts)),
+    ] {
+        if let Err(e) = result {
+            return PyValueError::new_err(format!("cannot set {name} on ClientError: {e}"));
+        }
+    }
+    exc
+}
+
+/// Serves an executor's metrics in Prometheus text format at `GET /metrics` while it runs.
+#[pyclass(module = "runner._native", frozen)]
+struct MetricsServer {
+    inner: NativeMetricsServer,
+}
+
+#[pymethods]
+impl MetricsServer {
+    #[new]
+    #[pyo3(signature = (port = 0, executor = None, host = "127.0.0.1"))]
+    fn new(
+        py: Python<'_>,
+        port: u16,
+        executor: Option<PyRef<'_, Executor>>,
+        host: &str,
+    ) -> PyResult<Self> {
+        let addr = format!("{host}:{port}")
+            .parse()
+            .map_err(|e| ConfigError::new_err(format!("metrics address {host}:{port}: {e}")))?;
+        let source = executor.map(|e| e.inner.metrics_source());
+        let inner = py
+            .detach(|| NativeMetricsServer::start(addr, source))
+            .map_err(|e| NativeError::new_err(format!("metrics server on {host}:{port}: {e}")))?;
+        Ok(Self { inner })
+    }
+
+    /// Serves `executor`'s metrics from now on (`None`: only `prompt_runner_up`).
+    #[pyo3(signature = (executor = None))]
+    fn watch(&self, executor: Option<PyRef<'_, Executor>>) {
+        self.inner
+            .set_source(executor.map(|e| e.inner.metrics_source()));
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.inner.local_addr().port()
+    }
+
+    /// `http://HOST:PORT/metrics`.
+    #[getter]
+    fn url(&self) -> String {
+        format!("http://{}/metrics", self.inner.local_addr())
+    }
+
+    fn stop(&self) {
+        self.inner.stop();
+    }
+}
+
+/// Installs the process's log subscriber (stderr; text or one JSON object per line) once;
+/// returns False when one was already installed. `level`: error, warning, info, debug, trace,
+/// off, or directives such as `prompt_runner=debug,warn`.
+#[pyfunction]
+#[pyo3(signature = (level = "info", json = false))]
+fn init_logging(level: &str, json: bool) -> PyResult<bool> {
+    crate::logging::init(level, json).map_err(to_py)
+}
+
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Executor>()?;
     m.add_class::<MockServer>()?;
+    m.add_class::<ModelClient>()?;
+    m.add_class::<ChunkStream>()?;
+    m.add_class::<MetricsServer>()?;
+    m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    m.add("ClientError", py.get_type::<ClientError>())?;
     m.add("NativeError", py.get_type::<NativeError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("RunStopped", py.get_type::<RunStopped>())?;
