@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from runner.api import arun, run  # noqa: E402
-from runner.client import (  # noqa: E402
+from runner.api import arun, run
+from runner.client import (
     APIConnectionError,
     AuthenticationError,
     BadRequestError,

@@ -1,7 +1,24 @@
-"""Type stub of the native module `runner._native` (built from native/src/python.rs)."""
+"""Type stub of the native module `runner._native` (built from native/src/python.rs).
+
+Checked against the compiled module by `tests/test_stubs.py` (mypy.stubtest).
+"""
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Self, final
+
+__all__ = [
+    "ChunkStream",
+    "ClientError",
+    "ConfigError",
+    "Executor",
+    "MetricsServer",
+    "MockServer",
+    "ModelClient",
+    "NativeError",
+    "RunStopped",
+    "__version__",
+    "init_logging",
+]
 
 __version__: str
 
@@ -9,8 +26,17 @@ class NativeError(Exception): ...
 class ConfigError(NativeError): ...
 class RunStopped(NativeError): ...
 
+class ClientError(NativeError):
+    """A model client request failed; set by the native side before raising."""
+
+    error_type: str
+    status: int | None
+    message: str
+    attempts: int
+
+@final
 class Executor:
-    def __init__(self, config_json: str) -> None: ...
+    def __new__(cls, config_json: str) -> Self: ...
     def submit(self, rows: list[int], payloads: list[str]) -> None: ...
     def close_input(self) -> None: ...
     def poll(self, timeout: float) -> dict[str, list[Any]] | None: ...
@@ -20,8 +46,9 @@ class Executor:
     def metrics(self) -> dict[str, Any]: ...
     def metrics_text(self) -> str: ...
 
+@final
 class MockServer:
-    def __init__(self, config_json: str = "{}", host: str = "127.0.0.1", port: int = 0) -> None: ...
+    def __new__(cls, config_json: str = "{}", host: str = "127.0.0.1", port: int = 0) -> Self: ...
     @property
     def port(self) -> int: ...
     @property
@@ -32,23 +59,20 @@ class MockServer:
     def reset_stats(self) -> None: ...
     def stop(self) -> None: ...
 
-class ClientError(NativeError):
-    error_type: str
-    status: int | None
-    message: str
-    attempts: int
-
+@final
 class ModelClient:
-    def __init__(self, pool_size: int = 128) -> None: ...
+    def __new__(cls, pool_size: int = 128) -> Self: ...
     def stream(self, config_json: str, messages_json: str) -> ChunkStream: ...
 
+@final
 class ChunkStream:
-    def __aiter__(self) -> ChunkStream: ...
+    def __aiter__(self) -> Self: ...
     def __anext__(self) -> Awaitable[str | dict[str, Any]]: ...
     def cancel(self) -> None: ...
 
+@final
 class MetricsServer:
-    def __init__(self, port: int = 0, executor: Executor | None = None, host: str = "127.0.0.1") -> None: ...
+    def __new__(cls, port: int = 0, executor: Executor | None = None, host: str = "127.0.0.1") -> Self: ...
     def watch(self, executor: Executor | None = None) -> None: ...
     @property
     def port(self) -> int: ...

@@ -111,7 +111,7 @@ def _input_path(data: Any, scratch: Path) -> str:
     return str(path)
 
 
-class _Watch(io.TextIOBase):
+class _Watch(io.StringIO):
     """The run's message stream: passed on to ``target`` (or dropped), remembering the line
     that says the run was stopped (a wrong key, quota), which `run` raises."""
 

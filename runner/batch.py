@@ -19,8 +19,7 @@ from typing import Any, Iterator, TextIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runner import __version__, endpoint
-from runner import observability
+from runner import __version__, endpoint, observability
 from runner.checkpoint import OutputError, RunDir
 from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError, RunnerError

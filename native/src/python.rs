@@ -296,7 +296,7 @@ struct ModelClient {
 #[pymethods]
 impl ModelClient {
     #[new]
-    #[pyo3(signature = (pool_size = crate::client::DEFAULT_POOL_SIZE))]
+    #[pyo3(signature = (pool_size = 128))]
     fn new(pool_size: usize) -> PyResult<Self> {
         // Awaitables complete on the shared runtime; a second call finds it already set.
         let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime());
