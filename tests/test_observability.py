@@ -67,7 +67,7 @@ def test_cli_json_logs_and_metrics_in_the_summary(tmp_path: Path) -> None:
     assert res.code == 0, res.stderr
     events = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
     retries = [e for e in events if e["fields"].get("message") == "retrying"]
-    assert retries and all(e["span"]["provider"] == "OpenAi" and e["span"]["model"] == "m" for e in retries)
+    assert retries and all(e["span"]["provider"] == "openai" and e["span"]["model"] == "m" for e in retries)
     assert server.api_key not in res.stderr
     import polars as pl
 

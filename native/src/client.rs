@@ -185,7 +185,7 @@ impl ModelClient {
     ) -> Result<Response, ClientError> {
         let span = tracing::info_span!(
             "request",
-            provider = ?config.provider,
+            provider = config.provider.as_str(),
             model = %config.params.model,
             stream = config.params.stream,
         );

@@ -283,7 +283,12 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     let stats = &shared.stats;
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
     // observability: one span per row
-    let span = tracing::info_span!("request", row = job.row, provider = ?config.provider, model = %config.params.model);
+    let span = tracing::info_span!(
+        "request",
+        row = job.row,
+        provider = config.provider.as_str(),
+        model = %config.params.model,
+    );
     let outcome = attempt_until_settled(shared, &request, estimate)
         .instrument(span)
         .await;

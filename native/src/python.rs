@@ -14,8 +14,9 @@ use crate::runtime::runtime;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
@@ -298,8 +299,6 @@ impl ModelClient {
     #[new]
     #[pyo3(signature = (pool_size = 128))]
     fn new(pool_size: usize) -> PyResult<Self> {
-        // Awaitables complete on the shared runtime; a second call finds it already set.
-        let _ = pyo3_async_runtimes::tokio::init_with_runtime(runtime());
         let inner = NativeModelClient::new(pool_size).map_err(to_py)?;
         Ok(Self {
             inner: Arc::new(inner),
@@ -345,19 +344,25 @@ impl ChunkStream {
         slf
     }
 
-    /// An awaitable of the next item, completed from the runtime through the event loop.
+    /// An asyncio future of the next item: a runtime task waits for it, then completes the
+    /// future through the event loop's `call_soon_threadsafe`.
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let event_loop = GET_RUNNING_LOOP
+            .import(py, "asyncio", "get_running_loop")?
+            .call0()?;
+        let future = event_loop.call_method0("create_future")?;
         let rx = self.rx.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            // `recv` is cancel-safe: an awaitable cancelled in Python loses no item.
+        let target = (event_loop.unbind(), future.clone().unbind());
+        let task = runtime().spawn(async move {
+            // `recv` is cancel-safe: a future cancelled in Python aborts this task, losing nothing.
             let item = rx.lock().await.recv().await;
-            Python::attach(|py| match item {
-                None => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
-                Some(Item::Delta(piece)) => Ok(piece.into_pyobject(py)?.into_any().unbind()),
-                Some(Item::Done(Ok(response))) => Ok(answer(py, &response)?.into_any().unbind()),
-                Some(Item::Done(Err(err))) => Err(client_error(py, err)),
-            })
-        })
+            deliver(target, item).await;
+        });
+        let on_done = AbortIfCancelled {
+            task: task.abort_handle(),
+        };
+        future.call_method1("add_done_callback", (on_done,))?;
+        Ok(future)
     }
 
     /// Abandons the request.
@@ -370,6 +375,93 @@ impl Drop for ChunkStream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Deliveries into Python under way on runtime threads; the interpreter waits for them at exit.
+static DELIVERING: AtomicUsize = AtomicUsize::new(0);
+/// Set at interpreter exit: from then on no runtime thread enters Python.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Hands `item` to the asyncio future in `target` (its loop, the future), on a blocking-pool
+/// thread: taking the GIL may wait, and the runtime's workers must not.
+async fn deliver(target: (Py<PyAny>, Py<PyAny>), item: Option<Item>) {
+    // Announce first, then check: `wait_for_deliveries` sets EXITING, then waits for zero.
+    DELIVERING.fetch_add(1, AtomicOrdering::SeqCst);
+    if EXITING.load(AtomicOrdering::SeqCst) {
+        DELIVERING.fetch_sub(1, AtomicOrdering::SeqCst);
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        Python::attach(move |py| {
+            let (event_loop, future) = target;
+            let (ok, value) = match item_value(py, item) {
+                Ok(value) => (true, value),
+                Err(err) => (false, err.into_value(py).into_any()),
+            };
+            let resolve = wrap_pyfunction!(resolve, py);
+            // Fails only when the loop is closed: nobody is waiting any more.
+            if let Ok(resolve) = resolve {
+                let _ = event_loop.call_method1(
+                    py,
+                    "call_soon_threadsafe",
+                    (resolve, future, ok, value),
+                );
+            }
+        });
+        DELIVERING.fetch_sub(1, AtomicOrdering::SeqCst);
+    })
+    .await;
+}
+
+fn item_value(py: Python<'_>, item: Option<Item>) -> PyResult<Py<PyAny>> {
+    match item {
+        None => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
+        Some(Item::Delta(piece)) => Ok(piece.into_pyobject(py)?.into_any().unbind()),
+        Some(Item::Done(Ok(response))) => Ok(answer(py, &response)?.into_any().unbind()),
+        Some(Item::Done(Err(err))) => Err(client_error(py, err)),
+    }
+}
+
+/// Runs on the event loop: completes `future` unless it was cancelled meanwhile.
+#[pyfunction]
+fn resolve(future: &Bound<'_, PyAny>, ok: bool, value: Bound<'_, PyAny>) -> PyResult<()> {
+    if future.call_method0("done")?.is_truthy()? {
+        return Ok(());
+    }
+    let method = if ok { "set_result" } else { "set_exception" };
+    future.call_method1(method, (value,))?;
+    Ok(())
+}
+
+/// A future's done-callback that abandons the waiting task when the future was cancelled.
+#[pyclass(module = "runner._native", frozen)]
+struct AbortIfCancelled {
+    task: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl AbortIfCancelled {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            self.task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Registered with `atexit`: lets deliveries under way finish (GIL released, at most 2 s), and
+/// keeps later ones out of a finalizing interpreter.
+#[pyfunction]
+fn wait_for_deliveries(py: Python<'_>) {
+    EXITING.store(true, AtomicOrdering::SeqCst);
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while DELIVERING.load(AtomicOrdering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
 }
 
 fn answer<'py>(py: Python<'py>, response: &Response) -> PyResult<Bound<'py, PyDict>> {
@@ -472,6 +564,8 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MetricsServer>()?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     m.add("ClientError", py.get_type::<ClientError>())?;
+    let wait = wrap_pyfunction!(wait_for_deliveries, m)?;
+    py.import("atexit")?.call_method1("register", (wait,))?;
     m.add("NativeError", py.get_type::<NativeError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("RunStopped", py.get_type::<RunStopped>())?;
