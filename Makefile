@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 SHELL  := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-python bench clean
+.PHONY: help build binary demo test test-rust test-python bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -14,8 +14,12 @@ $(BIN)/maturin:
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet 'maturin>=1.7,<2'
 
-build: $(BIN)/maturin ## create .venv and install a release build of prompt-runner into it
+build: $(BIN)/maturin ## create .venv, install a release build of prompt-runner into it, build the binary
 	$(BIN)/maturin develop --release --extras test --quiet
+	$(MAKE) --no-print-directory binary
+
+binary: ## build the standalone client: target/release/model-client-rs (no libpython)
+	cargo build --release --bin model-client-rs
 
 demo: build ## run the example dataset on the built-in mock provider and show the result
 	$(BIN)/prompt-runner run examples/data/questions.jsonl -o runs/demo.parquet \

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import pyarrow.compute as pc
 
-from runner import __version__, endpoint
+from runner import __version__, endpoint, observability
 from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, file_digest, oserror_text
 from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError, RunnerError
@@ -193,6 +193,8 @@ class Batch:
         lanes = [LaneRun(lane, o, self.paths, self.spec, total, ep, self.run_id, cache) for lane, ep in zip(self.lanes, endpoints)]
         for lane in lanes:
             lane.start(settled)
+        # One endpoint shows one executor: the first model's (a matrix's others are in the summary).
+        metrics_server = observability.start_metrics(o.metrics_port, lanes[0].executor, self.err)
         started = time.monotonic()
         stop = Shutdown([lane.executor for lane in lanes], o.grace_period, self.err)
         write_error: OutputError | None = None
@@ -236,6 +238,7 @@ class Batch:
                 run_dir.flush()
             except OutputError as err:
                 write_error = err
+        observability.stop_metrics(metrics_server)
         for lane in lanes:
             lane.join_feeder()
         if cache is not None:
@@ -283,7 +286,11 @@ class Batch:
         record = run_dir.record() or {}
         metrics: dict[str, Any] = {"elapsed_s": round(elapsed, 3), "models": {}}
         for lane in lanes:
-            metrics["models"][lane.lane.model] = {**lane.executor.stats(), "cache_hits": lane.cache_hits}
+            metrics["models"][lane.lane.model] = {
+                **lane.executor.stats(),
+                **observability.run_metrics(lane.executor),
+                "cache_hits": lane.cache_hits,
+            }
         return {META_CONFIG: json.dumps(record).encode(), META_SUMMARY: json.dumps(metrics).encode()}
 
 

@@ -59,6 +59,9 @@ def run(
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On a rerun, send rows that ended in error again.")] = True,
     grace_period: Annotated[float, typer.Option(help="On Ctrl-C/SIGTERM, seconds to let requests in flight finish.")] = 30.0,
     mock_config: Annotated[str, typer.Option(hidden=True, help="JSON settings of the built-in mock (tests).")] = "{}",
+    log_level: Annotated[Optional[str], typer.Option(help="Log requests and retries to stderr at this level (error, warning, info, debug).", envvar="PROMPT_RUNNER_LOG")] = None,
+    log_format: Annotated[str, typer.Option(help="Log format: text, or json (one object per line).")] = "text",
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics during the run.")] = None,
 ) -> None:
     """Run every row of INPUT against a model (or a job file's models) and write one result row per input row and model."""
     flags = {
@@ -70,8 +73,11 @@ def run(
         "min_pass_rate": min_pass_rate,
     }
     extra = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
-             "grace_period": grace_period, "mock_config": mock_config}
+             "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port}
     try:
+        from runner import observability
+
+        observability.setup_logging(log_level, log_format)
         if job is not None:
             opts, loaded = job_options(job, flags, extra)
         else:

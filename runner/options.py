@@ -60,6 +60,8 @@ class RunOptions:
     prices: dict[str, list[float]] = field(default_factory=dict)
     #: The job file this run came from (scored and reported after the run).
     job: str | None = None
+    #: Serve Prometheus metrics on this port while the run goes on.
+    metrics_port: int | None = None
 
     def saved(self) -> dict[str, Any]:
         """The options as kept in run.json, enough for `resume` to run them again."""

@@ -53,10 +53,23 @@ def run_status(output: Path) -> dict[str, Any]:
         "latency_ms": _latency(frame),
         "elapsed_s": _elapsed(frame),
     }
-    if record is not None:
-        status["provider"] = record.get("options", {}).get("provider")
-        status["model"] = record.get("fingerprint", {}).get("request", {}).get("model")
+    status["metrics"] = _metrics(output) if holder is None else {}
     return status
+
+
+def _metrics(output: Path) -> dict[str, Any]:
+    """Per-model run metrics from a finished output's summary metadata."""
+    if not output.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    from runner.schema import META_SUMMARY
+
+    try:
+        meta = pq.read_schema(output).metadata or {}
+        return json.loads(meta.get(META_SUMMARY, b"{}")).get("models", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def _output_is_current(run_dir: RunDir) -> bool:
@@ -109,6 +122,10 @@ def format_status(s: dict[str, Any]) -> str:
         f"tokens: prompt={s['prompt_tokens']:,} completion={s['completion_tokens']:,}  cost: {cost}",
         f"latency: p50={_ms(lat['p50'])} p95={_ms(lat['p95'])} p99={_ms(lat['p99'])}  elapsed: {elapsed}",
     ]
+    from runner.observability import format_metrics
+
+    for model, metrics in s.get("metrics", {}).items():
+        lines += [f"{model}: {line}" for line in format_metrics(metrics)]
     return "\n".join(lines)
 
 

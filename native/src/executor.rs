@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+// observability
+use crate::metrics::{self, CauseCounters, Histogram, MetricsSource, RunClock};
+use tracing::Instrument;
 
 /// Rows waiting to be dispatched; enough to keep any concurrency window full.
 const QUEUE_ROWS: usize = 4096;
@@ -69,6 +72,13 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    // observability: run metrics (see metrics.rs)
+    /// Retries by the failure that caused them.
+    pub retries_by_cause: CauseCounters,
+    /// Duration of every attempt.
+    pub latency: Histogram,
+    /// Started with the run, for per-second rates.
+    pub clock: RunClock,
 }
 
 struct Shared {
@@ -212,6 +222,18 @@ impl Executor {
         &self.shared.stats
     }
 
+    // observability
+    /// The run's metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        metrics::render(&self.shared.stats, self.shared.limiter.concurrency())
+    }
+
+    /// A renderer of [`Executor::metrics_text`] that outlives this handle, for a metrics server.
+    pub fn metrics_source(&self) -> MetricsSource {
+        let shared = self.shared.clone();
+        std::sync::Arc::new(move || metrics::render(&shared.stats, shared.limiter.concurrency()))
+    }
+
     /// The current adaptive concurrency window.
     pub fn concurrency(&self) -> usize {
         self.shared.limiter.concurrency()
@@ -273,7 +295,16 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     let started_at_us = now_us();
     let stats = &shared.stats;
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    let outcome = attempt_until_settled(shared, &request, estimate).await;
+    // observability: one span per row
+    let span = tracing::info_span!(
+        "request",
+        row = job.row,
+        provider = config.provider.as_str(),
+        model = %config.params.model,
+    );
+    let outcome = attempt_until_settled(shared, &request, estimate)
+        .instrument(span)
+        .await;
     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     let (attempts, latency, result) = outcome?;
     let mut row = RowResult {
@@ -353,9 +384,22 @@ async fn attempt_until_settled(
                 request,
                 config.params.stream,
                 config.timeout,
-            ) => outcome,
+            ).instrument(tracing::debug_span!("attempt", attempt)) => outcome,
         };
         let latency = sent.elapsed();
+        // observability
+        stats.latency.observe(latency);
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        match &outcome {
+            Ok(ok) => tracing::debug!(attempt, status = ok.http_status, latency_ms, "answered"),
+            Err(e) => tracing::debug!(
+                attempt,
+                status = e.http_status,
+                cause = e.kind.as_str(),
+                latency_ms,
+                "failed"
+            ),
+        }
         let err = match outcome {
             Ok(success) => {
                 shared.limiter.on_success();
@@ -372,6 +416,11 @@ async fn attempt_until_settled(
                 .http_status
                 .map(|s| format!(" (HTTP {s})"))
                 .unwrap_or_default();
+            tracing::error!(
+                status = err.http_status,
+                cause = err.kind.as_str(),
+                "run stopped"
+            );
             shared.stop_fatal(format!(
                 "{}{status}: {}",
                 err.kind.as_str(),
@@ -382,8 +431,14 @@ async fn attempt_until_settled(
         if !err.kind.is_retryable() || attempt > config.max_retries {
             return Some((attempt, latency, Err(err)));
         }
-        tracing::debug!(attempt, cause = err.kind.as_str(), "retrying");
+        tracing::info!(
+            attempt,
+            status = err.http_status,
+            cause = err.kind.as_str(),
+            "retrying"
+        );
         stats.retries.fetch_add(1, Ordering::Relaxed);
+        stats.retries_by_cause.add(err.kind); // observability
         stats.retrying.fetch_add(1, Ordering::Relaxed);
         let delay = shared
             .backoff

@@ -1,18 +1,25 @@
 //! PyO3 bindings: every `#[pymethods]` of the module `runner._native`, and the one place that
 //! maps native errors to Python exceptions.
 
+use crate::client::{
+    ClientConfig, ClientError as NativeClientError, ModelClient as NativeModelClient, Response,
+};
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::executor::{Executor as NativeExecutor, Job, Poll, RowResult};
+use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
 use crate::provider::Message;
 use crate::runtime::runtime;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, Ordering as AtomicOrdering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 create_exception!(
     _native,
@@ -31,6 +38,13 @@ create_exception!(
     RunStopped,
     NativeError,
     "The run was stopped (auth/quota failure or cancel)."
+);
+
+create_exception!(
+    _native,
+    ClientError,
+    NativeError,
+    "A model client request failed; `error_type`, `status`, `message` and `attempts` say how."
 );
 
 fn to_py(err: Error) -> PyErr {
@@ -126,6 +140,42 @@ impl Executor {
         }
         dict.set_item("concurrency", self.inner.concurrency())?;
         Ok(dict)
+    }
+
+    /// Run metrics: retries by cause, the latency histogram (cumulative counts by upper bound
+    /// in seconds), and rows and completion tokens per second so far.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let dict = PyDict::new(py);
+        let retries = PyDict::new(py);
+        for (cause, n) in s.retries_by_cause.snapshot() {
+            retries.set_item(cause, n)?;
+        }
+        dict.set_item("retries_by_cause", retries)?;
+        dict.set_item("rate_limited", s.rate_limited.load(Ordering::Relaxed))?;
+        let h = s.latency.snapshot();
+        let buckets = PyDict::new(py);
+        for (bound, n) in &h.cumulative {
+            let le = if bound.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                bound.to_string()
+            };
+            buckets.set_item(le, n)?;
+        }
+        dict.set_item("latency_buckets", buckets)?;
+        dict.set_item("latency_count", h.count)?;
+        dict.set_item("latency_sum_s", h.sum_seconds)?;
+        let r = metrics::rates(s);
+        dict.set_item("elapsed_s", r.elapsed_seconds)?;
+        dict.set_item("rows_per_s", r.rows_per_second)?;
+        dict.set_item("tokens_per_s", r.tokens_per_second)?;
+        Ok(dict)
+    }
+
+    /// The run's metrics in Prometheus text format.
+    fn metrics_text(&self) -> String {
+        self.inner.metrics_text()
     }
 }
 
@@ -237,12 +287,290 @@ impl MockServer {
     }
 }
 
+/// What a request's task hands to its [`ChunkStream`].
+enum Item {
+    Delta(String),
+    Done(Result<Response, NativeClientError>),
+}
+
+/// A model client: one connection pool on the shared runtime, shared by every request.
+#[pyclass(module = "runner._native", frozen)]
+struct ModelClient {
+    inner: Arc<NativeModelClient>,
+}
+
+#[pymethods]
+impl ModelClient {
+    #[new]
+    #[pyo3(signature = (pool_size = 128))]
+    fn new(pool_size: usize) -> PyResult<Self> {
+        let inner = NativeModelClient::new(pool_size).map_err(to_py)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Starts one request (`config_json`: provider, model, api_key, api_base, temperature,
+    /// max_tokens, stream, max_retries, timeout; `messages_json`: a list of {role, content})
+    /// as a task on the shared runtime; its pieces and its end arrive through the stream.
+    fn stream(&self, config_json: &str, messages_json: &str) -> PyResult<ChunkStream> {
+        let config = ClientConfig::from_json(config_json).map_err(to_py)?;
+        let messages: Vec<Message> = serde_json::from_str(messages_json)
+            .map_err(|e| PyValueError::new_err(format!("messages are not valid: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = self.inner.clone();
+        let task = runtime().spawn(async move {
+            let result = client
+                .send(&config, &messages, |piece| {
+                    let _ = tx.send(Item::Delta(piece.to_string()));
+                })
+                .await;
+            let _ = tx.send(Item::Done(result));
+        });
+        Ok(ChunkStream {
+            rx: Arc::new(AsyncMutex::new(rx)),
+            task: task.abort_handle(),
+        })
+    }
+}
+
+/// The pieces of one request as an async iterator: `str` deltas (streaming only), then one
+/// `dict` with the whole answer; a failure raises `ClientError`. Dropping it (or `cancel()`)
+/// abandons the request and frees its connection.
+#[pyclass(module = "runner._native", frozen)]
+struct ChunkStream {
+    rx: Arc<AsyncMutex<mpsc::UnboundedReceiver<Item>>>,
+    task: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl ChunkStream {
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// An asyncio future of the next item: a runtime task waits for it, then completes the
+    /// future through the event loop's `call_soon_threadsafe`.
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let event_loop = GET_RUNNING_LOOP
+            .import(py, "asyncio", "get_running_loop")?
+            .call0()?;
+        let future = event_loop.call_method0("create_future")?;
+        let rx = self.rx.clone();
+        let target = (event_loop.unbind(), future.clone().unbind());
+        let task = runtime().spawn(async move {
+            // `recv` is cancel-safe: a future cancelled in Python aborts this task, losing nothing.
+            let item = rx.lock().await.recv().await;
+            deliver(target, item).await;
+        });
+        let on_done = AbortIfCancelled {
+            task: task.abort_handle(),
+        };
+        future.call_method1("add_done_callback", (on_done,))?;
+        Ok(future)
+    }
+
+    /// Abandons the request.
+    fn cancel(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for ChunkStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Deliveries into Python under way on runtime threads; the interpreter waits for them at exit.
+static DELIVERING: AtomicUsize = AtomicUsize::new(0);
+/// Set at interpreter exit: from then on no runtime thread enters Python.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Hands `item` to the asyncio future in `target` (its loop, the future), on a blocking-pool
+/// thread: taking the GIL may wait, and the runtime's workers must not.
+async fn deliver(target: (Py<PyAny>, Py<PyAny>), item: Option<Item>) {
+    // Announce first, then check: `wait_for_deliveries` sets EXITING, then waits for zero.
+    DELIVERING.fetch_add(1, AtomicOrdering::SeqCst);
+    if EXITING.load(AtomicOrdering::SeqCst) {
+        DELIVERING.fetch_sub(1, AtomicOrdering::SeqCst);
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        Python::attach(move |py| {
+            let (event_loop, future) = target;
+            let (ok, value) = match item_value(py, item) {
+                Ok(value) => (true, value),
+                Err(err) => (false, err.into_value(py).into_any()),
+            };
+            let resolve = wrap_pyfunction!(resolve, py);
+            // Fails only when the loop is closed: nobody is waiting any more.
+            if let Ok(resolve) = resolve {
+                let _ = event_loop.call_method1(
+                    py,
+                    "call_soon_threadsafe",
+                    (resolve, future, ok, value),
+                );
+            }
+        });
+        DELIVERING.fetch_sub(1, AtomicOrdering::SeqCst);
+    })
+    .await;
+}
+
+fn item_value(py: Python<'_>, item: Option<Item>) -> PyResult<Py<PyAny>> {
+    match item {
+        None => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
+        Some(Item::Delta(piece)) => Ok(piece.into_pyobject(py)?.into_any().unbind()),
+        Some(Item::Done(Ok(response))) => Ok(answer(py, &response)?.into_any().unbind()),
+        Some(Item::Done(Err(err))) => Err(client_error(py, err)),
+    }
+}
+
+/// Runs on the event loop: completes `future` unless it was cancelled meanwhile.
+#[pyfunction]
+fn resolve(future: &Bound<'_, PyAny>, ok: bool, value: Bound<'_, PyAny>) -> PyResult<()> {
+    if future.call_method0("done")?.is_truthy()? {
+        return Ok(());
+    }
+    let method = if ok { "set_result" } else { "set_exception" };
+    future.call_method1(method, (value,))?;
+    Ok(())
+}
+
+/// A future's done-callback that abandons the waiting task when the future was cancelled.
+#[pyclass(module = "runner._native", frozen)]
+struct AbortIfCancelled {
+    task: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl AbortIfCancelled {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            self.task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Registered with `atexit`: lets deliveries under way finish (GIL released, at most 2 s), and
+/// keeps later ones out of a finalizing interpreter.
+#[pyfunction]
+fn wait_for_deliveries(py: Python<'_>) {
+    EXITING.store(true, AtomicOrdering::SeqCst);
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while DELIVERING.load(AtomicOrdering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+fn answer<'py>(py: Python<'py>, response: &Response) -> PyResult<Bound<'py, PyDict>> {
+    let c = &response.completion;
+    let dict = PyDict::new(py);
+    dict.set_item("text", &c.text)?;
+    dict.set_item("finish_reason", &c.finish_reason)?;
+    dict.set_item("prompt_tokens", c.prompt_tokens)?;
+    dict.set_item("completion_tokens", c.completion_tokens)?;
+    dict.set_item("latency_ms", response.latency.as_secs_f64() * 1000.0)?;
+    dict.set_item("ttft_ms", response.ttft.map(|d| d.as_secs_f64() * 1000.0))?;
+    dict.set_item("attempts", response.attempts)?;
+    dict.set_item("http_status", response.http_status)?;
+    Ok(dict)
+}
+
+/// A `ClientError` carrying the failure's `error_type`, `status`, `message` and `attempts`.
+fn client_error(py: Python<'_>, err: NativeClientError) -> PyErr {
+    let exc = ClientError::new_err(err.to_string());
+    let value = exc.value(py);
+    for (name, result) in [
+        ("error_type", value.setattr("error_type", err.kind.as_str())),
+        ("status", value.setattr("status", err.status)),
+        ("message", value.setattr("message", &err.message)),
+        ("attempts", value.setattr("attempts", err.attempts)),
+    ] {
+        if let Err(e) = result {
+            return PyValueError::new_err(format!("cannot set {name} on ClientError: {e}"));
+        }
+    }
+    exc
+}
+
+/// Serves an executor's metrics in Prometheus text format at `GET /metrics` while it runs.
+#[pyclass(module = "runner._native", frozen)]
+struct MetricsServer {
+    inner: NativeMetricsServer,
+}
+
+#[pymethods]
+impl MetricsServer {
+    #[new]
+    #[pyo3(signature = (port = 0, executor = None, host = "127.0.0.1"))]
+    fn new(
+        py: Python<'_>,
+        port: u16,
+        executor: Option<PyRef<'_, Executor>>,
+        host: &str,
+    ) -> PyResult<Self> {
+        let addr = format!("{host}:{port}")
+            .parse()
+            .map_err(|e| ConfigError::new_err(format!("metrics address {host}:{port}: {e}")))?;
+        let source = executor.map(|e| e.inner.metrics_source());
+        let inner = py
+            .detach(|| NativeMetricsServer::start(addr, source))
+            .map_err(|e| NativeError::new_err(format!("metrics server on {host}:{port}: {e}")))?;
+        Ok(Self { inner })
+    }
+
+    /// Serves `executor`'s metrics from now on (`None`: only `prompt_runner_up`).
+    #[pyo3(signature = (executor = None))]
+    fn watch(&self, executor: Option<PyRef<'_, Executor>>) {
+        self.inner
+            .set_source(executor.map(|e| e.inner.metrics_source()));
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.inner.local_addr().port()
+    }
+
+    /// `http://HOST:PORT/metrics`.
+    #[getter]
+    fn url(&self) -> String {
+        format!("http://{}/metrics", self.inner.local_addr())
+    }
+
+    fn stop(&self) {
+        self.inner.stop();
+    }
+}
+
+/// Installs the process's log subscriber (stderr; text or one JSON object per line) once;
+/// returns False when one was already installed. `level`: error, warning, info, debug, trace,
+/// off, or directives such as `prompt_runner=debug,warn`.
+#[pyfunction]
+#[pyo3(signature = (level = "info", json = false))]
+fn init_logging(level: &str, json: bool) -> PyResult<bool> {
+    crate::logging::init(level, json).map_err(to_py)
+}
+
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Executor>()?;
     m.add_class::<MockServer>()?;
+    m.add_class::<ModelClient>()?;
+    m.add_class::<ChunkStream>()?;
+    m.add_class::<MetricsServer>()?;
+    m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    m.add("ClientError", py.get_type::<ClientError>())?;
+    let wait = wrap_pyfunction!(wait_for_deliveries, m)?;
+    py.import("atexit")?.call_method1("register", (wait,))?;
     m.add("NativeError", py.get_type::<NativeError>())?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("RunStopped", py.get_type::<RunStopped>())?;

@@ -21,6 +21,16 @@ pub enum ProviderKind {
     Anthropic,
 }
 
+impl ProviderKind {
+    /// The provider's name as users write it (`openai`, `anthropic`), e.g. in log fields.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// Per-run request parameters shared by every row.
 #[derive(Debug, Clone, Default)]
 pub struct RequestParams {

@@ -1,0 +1,427 @@
+//! Run metrics: a fixed-bucket latency histogram, retries by cause, Prometheus text, and the tiny
+//! HTTP server that exposes it (`GET /metrics`) while a run goes on.
+
+use crate::executor::Stats;
+use crate::retry::ErrorType;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Upper bounds (seconds) of the request latency histogram's buckets; `+Inf` is implied.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+];
+
+/// A lock-free latency histogram over [`LATENCY_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last slot is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+/// A histogram's state at one moment, with cumulative bucket counts as Prometheus wants them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, observations at or below it)`, ending with `(inf, count)`.
+    pub cumulative: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[slot].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(
+            u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0;
+        let bounds = LATENCY_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let cumulative = bounds
+            .zip(&self.buckets)
+            .map(|(bound, n)| {
+                running += n.load(Relaxed);
+                (bound, running)
+            })
+            .collect();
+        HistogramSnapshot {
+            cumulative,
+            count: self.count.load(Relaxed),
+            sum_seconds: self.sum_us.load(Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// One counter per [`ErrorType`], e.g. retries by their cause.
+#[derive(Debug, Default)]
+pub struct CauseCounters([AtomicU64; ErrorType::ALL.len()]);
+
+impl CauseCounters {
+    pub fn add(&self, cause: ErrorType) {
+        if let Some(slot) = ErrorType::ALL.iter().position(|t| *t == cause) {
+            self.0[slot].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The causes seen so far with their counts (zeros left out).
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        ErrorType::ALL
+            .iter()
+            .zip(&self.0)
+            .map(|(t, n)| (t.as_str(), n.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// When the run started, for per-second rates.
+#[derive(Debug)]
+pub struct RunClock(Instant);
+
+impl Default for RunClock {
+    fn default() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl RunClock {
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// Derived rates of a run so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    pub elapsed_seconds: f64,
+    /// Finished rows per second since the run started.
+    pub rows_per_second: f64,
+    /// Completion tokens per second since the run started.
+    pub tokens_per_second: f64,
+}
+
+/// Rows and completion tokens per second since the run started.
+pub fn rates(stats: &Stats) -> Rates {
+    let elapsed = stats.clock.elapsed().as_secs_f64();
+    let per_second = |n: u64| {
+        if elapsed > 0.0 {
+            n as f64 / elapsed
+        } else {
+            0.0
+        }
+    };
+    Rates {
+        elapsed_seconds: elapsed,
+        rows_per_second: per_second(stats.done.load(Relaxed)),
+        tokens_per_second: per_second(stats.completion_tokens.load(Relaxed)),
+    }
+}
+
+/// The run's metrics in the Prometheus text exposition format (version 0.0.4).
+pub fn render(stats: &Stats, concurrency: usize) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP prompt_runner_{name} {help}");
+        let _ = writeln!(out, "# TYPE prompt_runner_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "prompt_runner_{name}{labels} {value}");
+        }
+    };
+    let count = |n: &AtomicU64| n.load(Relaxed).to_string();
+    let one = |value: String| vec![(String::new(), value)];
+    metric(
+        "rows_total",
+        "counter",
+        "Rows finished, by status.",
+        &[
+            ("{status=\"ok\"}".into(), count(&stats.ok)),
+            ("{status=\"error\"}".into(), count(&stats.failed)),
+        ],
+    );
+    metric(
+        "rows_submitted_total",
+        "counter",
+        "Rows queued for sending.",
+        &one(count(&stats.submitted)),
+    );
+    metric(
+        "requests_total",
+        "counter",
+        "HTTP requests sent, retries included.",
+        &one(count(&stats.requests)),
+    );
+    let retries: Vec<_> = stats
+        .retries_by_cause
+        .snapshot()
+        .into_iter()
+        .map(|(cause, n)| (format!("{{cause=\"{cause}\"}}"), n.to_string()))
+        .collect();
+    metric(
+        "retries_total",
+        "counter",
+        "Retries, by the failure that caused them.",
+        &retries,
+    );
+    metric(
+        "rate_limited_total",
+        "counter",
+        "Responses 429 or overloaded (529).",
+        &one(count(&stats.rate_limited)),
+    );
+    metric(
+        "tokens_total",
+        "counter",
+        "Tokens reported by the provider, by kind.",
+        &[
+            ("{kind=\"prompt\"}".into(), count(&stats.prompt_tokens)),
+            (
+                "{kind=\"completion\"}".into(),
+                count(&stats.completion_tokens),
+            ),
+        ],
+    );
+    metric(
+        "in_flight",
+        "gauge",
+        "Rows being sent or retried now.",
+        &one(count(&stats.in_flight)),
+    );
+    metric(
+        "concurrency",
+        "gauge",
+        "The adaptive concurrency window.",
+        &one(concurrency.to_string()),
+    );
+    let r = rates(stats);
+    metric(
+        "rows_per_second",
+        "gauge",
+        "Finished rows per second since the run started.",
+        &one(format!("{:.3}", r.rows_per_second)),
+    );
+    metric(
+        "tokens_per_second",
+        "gauge",
+        "Completion tokens per second since the run started.",
+        &one(format!("{:.3}", r.tokens_per_second)),
+    );
+    let h = stats.latency.snapshot();
+    let mut samples: Vec<_> = h
+        .cumulative
+        .iter()
+        .map(|(bound, n)| {
+            let le = if bound.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                bound.to_string()
+            };
+            (format!("_bucket{{le=\"{le}\"}}"), n.to_string())
+        })
+        .collect();
+    samples.push(("_sum".into(), format!("{:.6}", h.sum_seconds)));
+    samples.push(("_count".into(), h.count.to_string()));
+    metric(
+        "request_latency_seconds",
+        "histogram",
+        "Duration of each HTTP attempt.",
+        &samples,
+    );
+    out
+}
+
+/// What a [`MetricsServer`] serves: a function rendering the current metrics.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A `GET /metrics` endpoint on the shared runtime; stops on [`MetricsServer::stop`] or drop.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    source: Arc<RwLock<Option<MetricsSource>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free one) and serves `source`'s text (or only
+    /// `prompt_runner_up 1` while there is no source).
+    pub fn start(addr: SocketAddr, source: Option<MetricsSource>) -> std::io::Result<Self> {
+        let rt = crate::runtime::runtime();
+        let listener = {
+            let _guard = rt.enter();
+            let std_listener = std::net::TcpListener::bind(addr)?;
+            std_listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let addr = listener.local_addr()?;
+        let source = Arc::new(RwLock::new(source));
+        let (shutdown, mut stop) = watch::channel(false);
+        let served = source.clone();
+        rt.spawn(async move {
+            loop {
+                let socket = tokio::select! {
+                    _ = stop.wait_for(|s| *s).map(drop) => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((socket, _)) => socket,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
+                let served = served.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let served = served.clone();
+                    async move { Ok::<_, Infallible>(answer(&served, &req)) }
+                });
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service);
+                    let _ = conn.await;
+                });
+            }
+        });
+        tracing::info!(%addr, "metrics endpoint listening");
+        Ok(Self {
+            addr,
+            source,
+            shutdown,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves another source from now on (e.g. the next model of a model matrix).
+    pub fn set_source(&self, source: Option<MetricsSource>) {
+        *self.source.write().unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    /// Stops accepting connections. Idempotent; also runs on drop.
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn answer(
+    source: &RwLock<Option<MetricsSource>>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    };
+    if req.method() != hyper::Method::GET || !matches!(req.uri().path(), "/metrics" | "/") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "not found; try GET /metrics\n".into(),
+        );
+    }
+    let source = source.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut body = String::from("# TYPE prompt_runner_up gauge\nprompt_runner_up 1\n");
+    if let Some(source) = source {
+        body.push_str(&source());
+    }
+    reply(StatusCode::OK, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        for ms in [10, 60, 60, 700, 400_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 5);
+        assert_eq!(s.cumulative[0], (0.05, 1));
+        assert_eq!(s.cumulative[1], (0.1, 3));
+        assert_eq!(s.cumulative[4], (1.0, 4));
+        assert_eq!(s.cumulative.last().copied(), Some((f64::INFINITY, 5)));
+        assert!((s.sum_seconds - 400.83).abs() < 1e-6);
+    }
+
+    #[test]
+    fn prometheus_text_has_every_family() {
+        let stats = Stats::default();
+        stats.ok.fetch_add(3, Relaxed);
+        stats.done.fetch_add(3, Relaxed);
+        stats.retries_by_cause.add(ErrorType::RateLimited);
+        stats.retries_by_cause.add(ErrorType::RateLimited);
+        stats.retries_by_cause.add(ErrorType::Timeout);
+        stats.latency.observe(Duration::from_millis(80));
+        let text = render(&stats, 8);
+        for line in [
+            "prompt_runner_rows_total{status=\"ok\"} 3",
+            "prompt_runner_retries_total{cause=\"rate_limited\"} 2",
+            "prompt_runner_retries_total{cause=\"timeout\"} 1",
+            "prompt_runner_concurrency 8",
+            "prompt_runner_request_latency_seconds_bucket{le=\"0.1\"} 1",
+            "prompt_runner_request_latency_seconds_bucket{le=\"+Inf\"} 1",
+            "prompt_runner_request_latency_seconds_count 1",
+            "# TYPE prompt_runner_request_latency_seconds histogram",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // Every sample line is `name{labels} number`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn server_answers_and_stops() {
+        let source: MetricsSource = Arc::new(|| "prompt_runner_test 7\n".to_string());
+        let server = MetricsServer::start("127.0.0.1:0".parse().expect("addr"), Some(source))
+            .expect("start");
+        let url = format!("http://{}/metrics", server.local_addr());
+        let client = crate::transport::build_client(1);
+        let rt = crate::runtime::runtime();
+        let body = rt
+            .block_on(async { client.get(&url).send().await?.text().await })
+            .expect("scrape");
+        assert!(body.contains("prompt_runner_up 1") && body.contains("prompt_runner_test 7"));
+        server.set_source(None);
+        let body = rt
+            .block_on(async { client.get(&url).send().await?.text().await })
+            .expect("scrape");
+        assert!(!body.contains("prompt_runner_test"));
+        server.stop();
+    }
+}
