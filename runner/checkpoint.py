@@ -287,6 +287,8 @@ class RunDir:
         window, so memory stays bounded however large the run. Returns the columns a summary
         needs (status, error_type, tokens, latency) for all rows.
         """
+        pool = pa.default_memory_pool()
+        pool.release_unused()
         parts = self.readable_parts()
         spans = [_row_span(p) for p in parts]
         schema = target_schema([pq.read_schema(p) for p in parts]).with_metadata(metadata)
@@ -310,6 +312,8 @@ class RunDir:
                         window = window.drop_columns(["_row"]).replace_schema_metadata(metadata)
                         writer.write_table(window)
                         summaries.append(window.select(summary_columns))
+                        del window, pieces
+                        pool.release_unused()  # keep the peak at one window, not the sum of them
         except OSError as err:
             raise OutputError(f"{self.output}: cannot write the output: {oserror_text(err)}") from None
         if not summaries:
@@ -318,7 +322,7 @@ class RunDir:
 
 
 #: Rows per compaction window: memory is bounded by this, not by the run's size.
-COMPACT_WINDOW = 50_000
+COMPACT_WINDOW = 10_000
 #: What the end-of-run summary reads back from compaction.
 SUMMARY_COLUMNS = ["status", "error_type", "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd"]
 

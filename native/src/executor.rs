@@ -20,6 +20,9 @@ use tracing::Instrument;
 
 /// Rows waiting to be dispatched; enough to keep any concurrency window full.
 const QUEUE_ROWS: usize = 4096;
+/// Rows started but not yet handed to `poll`: when the consumer falls behind, dispatching
+/// waits instead of piling results (and their input rows) up in memory.
+const UNCONSUMED_ROWS: usize = 16_384;
 
 /// One row to send: its position in the run and its messages.
 pub struct Job {
@@ -93,6 +96,8 @@ struct Shared {
     fatal: Mutex<Option<String>>,
     results: Mutex<Vec<RowResult>>,
     results_ready: Condvar,
+    /// Permits for rows dispatched but not yet polled (see `UNCONSUMED_ROWS`).
+    unconsumed: tokio::sync::Semaphore,
     finished: AtomicBool,
 }
 
@@ -138,6 +143,7 @@ impl Executor {
             fatal: Mutex::new(None),
             results: Mutex::new(Vec::new()),
             results_ready: Condvar::new(),
+            unconsumed: tokio::sync::Semaphore::new(UNCONSUMED_ROWS),
             finished: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(QUEUE_ROWS);
@@ -181,7 +187,9 @@ impl Executor {
         let mut results = self.shared.results.lock().unwrap();
         loop {
             if !results.is_empty() {
-                return Poll::Rows(std::mem::take(&mut *results));
+                let rows = std::mem::take(&mut *results);
+                self.shared.unconsumed.add_permits(rows.len());
+                return Poll::Rows(rows);
             }
             if self.shared.finished.load(Ordering::Acquire) {
                 return Poll::Done;
@@ -255,6 +263,10 @@ impl Drop for Executor {
 async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     let mut tasks = JoinSet::new();
     loop {
+        tokio::select! {
+            _ = shared.draining.cancelled() => break,
+            permit = shared.unconsumed.acquire() => permit.expect("never closed").forget(),
+        }
         let slot = tokio::select! {
             _ = shared.draining.cancelled() => break,
             slot = shared.limiter.acquire_slot() => slot,
@@ -269,8 +281,9 @@ async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
         let worker = shared.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            if let Some(result) = run_row(&worker, job).await {
-                worker.push(result);
+            match run_row(&worker, job).await {
+                Some(result) => worker.push(result),
+                None => worker.unconsumed.add_permits(1),
             }
         });
         while tasks.try_join_next().is_some() {}
