@@ -264,7 +264,8 @@ class RunDir:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"
         try:
             # Parts are short-lived and written on the run loop's thread: cheap snappy, not zstd
-            # (zstd part writes were 39 % of the loop's time at 20k rows/s).
+            # (py-spy at 20k rows/s: part writes took 42 % of the loop's samples with zstd, 26 %
+            # with snappy).
             write_atomic(table, dest, compression="snappy")
         except OSError as err:
             raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
