@@ -1,7 +1,7 @@
 //! Anthropic Messages wire format: request body, JSON response and streamed events.
 
 use super::{
-    describe_error_body, error_object, truncate, Completion, Content, Message, OutMessage,
+    describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
     PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage, DEFAULT_MAX_TOKENS,
 };
 use crate::retry::ErrorType;
@@ -150,10 +150,6 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
 /// The message of `{"type":"error","error":{"type","message"}}`, else the body, shortened.
 pub fn error_message(body: &[u8]) -> String {
     describe_error_body(body)
-}
-
-fn snippet(body: &[u8]) -> String {
-    truncate(&String::from_utf8_lossy(body), 200)
 }
 
 /// One streamed event's data. A flat struct (rather than an enum tagged by `type`) lets text

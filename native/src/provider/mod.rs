@@ -292,6 +292,11 @@ pub(crate) fn describe_error_body(body: &[u8]) -> String {
 }
 
 /// Shortens `text` to at most `max` bytes on a char boundary, marking the cut.
+/// The start of a body, for messages about a response that did not parse.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    truncate(&String::from_utf8_lossy(body), 200)
+}
+
 pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();

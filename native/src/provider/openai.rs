@@ -1,7 +1,7 @@
 //! OpenAI Chat Completions wire format: request body, JSON response and streamed chunks.
 
 use super::{
-    describe_error_body, error_object, truncate, Completion, Content, Message, OutMessage,
+    describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
     PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage,
 };
 use crate::retry::ErrorType;
@@ -127,10 +127,6 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
 /// The message of `{"error": {"message", "type", "code"}}`, else the body, shortened.
 pub fn error_message(body: &[u8]) -> String {
     describe_error_body(body)
-}
-
-fn snippet(body: &[u8]) -> String {
-    truncate(&String::from_utf8_lossy(body), 200)
 }
 
 #[derive(Deserialize)]
