@@ -57,7 +57,8 @@ def run(
     """
     import polars as pl
 
-    from runner.batch import EXIT_INTERRUPTED, Batch, RunOptions
+    from runner.batch import EXIT_INTERRUPTED, Batch
+    from runner.options import RunOptions
 
     known = {f.name for f in dataclasses.fields(RunOptions)} - _FIXED
     unknown = sorted(set(options) - known)

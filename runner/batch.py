@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from runner import __version__, endpoint, observability
 from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, file_digest, oserror_text
 from runner.dataset import iter_chunks, resolve_inputs, scan
-from runner.errors import InputError, RunnerError
+from runner.errors import InputError
 from runner.lane import LaneRun
 from runner.options import RunOptions
 from runner.pricing import price_of
@@ -30,7 +30,7 @@ POLL_SECONDS = 0.2
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-__all__ = ["Batch", "RunOptions", "RunnerError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["Batch", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 
 class Batch:
@@ -179,8 +179,7 @@ class Batch:
         o = self.opts
         # Never hold back more than 0.5 % of the rows (nor a second's worth) unwritten.
         run_dir.flush_rows = min(FLUSH_ROWS, max(1, total * len(self.lanes) // 200))
-        settled = run_dir.settled_rows(o.retry_failed)
-        spent = run_dir.spent()
+        settled, spent = run_dir.saved(o.retry_failed)
         grand_total = total * len(self.lanes)
         to_send = grand_total - sum(1 for r in settled if r < grand_total)
         if settled:
@@ -252,7 +251,7 @@ class Batch:
             print(f"the run state is consistent; once there is room, resume with: {resume_command(o.output)}", file=self.err)
             return EXIT_FAILED
         if stop.requested:
-            saved_rows = len(run_dir.settled_rows(o.retry_failed))
+            saved_rows = len(run_dir.saved(o.retry_failed)[0])
             print(f"\ninterrupted: {saved_rows} of {grand_total} rows are saved in {run_dir.path}", file=self.err)
             print(f"resume with: {resume_command(o.output)}", file=self.err)
             return EXIT_INTERRUPTED

@@ -220,19 +220,15 @@ class RunDir:
         merged = pl.concat(frames, how="diagonal_relaxed")
         return merged.unique(subset="_row", keep="last", maintain_order=True)
 
-    def settled_rows(self, retry_failed: bool = True) -> set[int]:
-        """Rows not to send again: the ok ones, and the failed ones too unless retried."""
-        latest = self.latest(["_row", "status"])
+    def saved(self, retry_failed: bool = True) -> tuple[set[int], float]:
+        """What the parts hold, in one read: the rows not to send again (the ok ones, and the
+        failed ones too unless retried) and the USD spent on the rows saved so far."""
+        latest = self.latest(["_row", "status", "cost_usd"])
         if not latest.height or "status" not in latest.columns:
-            return set()
-        if not retry_failed:
-            return set(latest["_row"].to_list())
-        return set(latest.filter(pl.col("status") == "ok")["_row"].to_list())
-
-    def spent(self) -> float:
-        """USD spent on the rows saved so far (their latest results)."""
-        latest = self.latest(["_row", "cost_usd"])
-        return float(latest["cost_usd"].sum() or 0.0) if "cost_usd" in latest.columns else 0.0
+            return set(), 0.0
+        spent = float(latest["cost_usd"].sum() or 0.0)
+        keep = latest if not retry_failed else latest.filter(pl.col("status") == "ok")
+        return set(keep["_row"].to_list()), spent
 
     def append(self, table: pa.Table) -> None:
         self._pending.append(table)

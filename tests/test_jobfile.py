@@ -286,7 +286,7 @@ def test_cli_override_values_are_checked(tmp_path: Path) -> None:
 
 
 def test_run_options_for_a_model(tmp_path: Path) -> None:
-    from runner.batch import RunOptions
+    from runner.options import RunOptions
 
     job = load_good(tmp_path)
     opts = RunOptions(**job.run_options(job.models[1]))
