@@ -41,16 +41,11 @@ class Batch:
         self.opts = opts
         self.err = err
         self.paths = resolve_inputs(opts.input)
-        self.spec = RequestSpec(template=opts.template, system=opts.system, id_column=opts.id_column or self._default_id())
+        self.spec = RequestSpec(template=opts.template, system=opts.system, id_column=opts.id_column)
         self.lanes = opts.lanes()
         self.run_id = uuid.uuid4().hex[:12]
 
     # -- preflight -------------------------------------------------------------------------
-
-    def _default_id(self) -> str | None:
-        """An input column named `id` is the id column unless another one is named."""
-        first = next(iter_chunks(self.paths[:1], chunk_rows=1), None)
-        return "id" if first is not None and "id" in first.table.column_names else None
 
     def request_fingerprint(self) -> dict[str, Any]:
         """Everything that changes what is sent for a row; a saved run must match it."""

@@ -67,7 +67,7 @@ def plan(columns: list[str], spec: RequestSpec, where: str) -> Renderer:
 
     Order: ``spec.template`` if given, else a ``messages`` column, else a ``prompt`` column, else
     OpenAI Batch API lines (``custom_id`` + ``body`` with ``body.messages``; ``custom_id`` is then
-    the default id column). ``where`` (the file name) is used in error messages. Call it once
+    the default id column); a column named ``id`` is the default id column otherwise. ``where`` (the file name) is used in error messages. Call it once
     per file, with the columns of its first chunk. Raises InputError on any mismatch.
     """
     cols = list(columns)
@@ -95,6 +95,8 @@ def plan(columns: list[str], spec: RequestSpec, where: str) -> Renderer:
             f"{where}: no 'prompt' or 'messages' column (columns: {_listing(cols)}); "
             "pass --template to build prompts from these columns"
         )
+    if id_column is None and "id" in cols:
+        id_column = "id"  # a column named `id` is the id unless another one is named
     if id_column is not None and id_column not in cols:
         raise InputError(f"{where}: id column '{id_column}' not found (columns: {_listing(cols)})")
     return Renderer(source=source, where=where, columns=needed, id_column=id_column, template=template)
