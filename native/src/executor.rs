@@ -473,3 +473,60 @@ fn now_us() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::{MockConfig, MockServer};
+    use crate::runtime::runtime;
+
+    fn job(row: u64) -> Job {
+        let messages =
+            serde_json::from_str(&format!(r#"[{{"role":"user","content":"q{row}"}}]"#)).unwrap();
+        Job { row, messages }
+    }
+
+    #[test]
+    fn dispatching_waits_for_a_consumer_that_falls_behind() {
+        let server =
+            MockServer::start(MockConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = RunConfig::from_json(&format!(
+            r#"{{"provider":"openai","api_base":"http://{}/v1","api_key":"mock-key","model":"m","concurrency":64}}"#,
+            server.local_addr()
+        ))
+        .unwrap();
+        let executor = Arc::new(Executor::start(config, runtime().handle()).unwrap());
+        let total = UNCONSUMED_ROWS as u64 + 3_000;
+        let feeder = {
+            let executor = executor.clone();
+            std::thread::spawn(move || {
+                executor
+                    .submit_blocking((0..total).map(job).collect())
+                    .unwrap();
+                executor.close_input();
+            })
+        };
+        // Nobody polls: the run must stop at the cap instead of piling results up.
+        let mut done = 0;
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = executor.stats().done.load(Ordering::Relaxed);
+            if now == done && now > 0 {
+                break;
+            }
+            done = now;
+        }
+        assert_eq!(done, UNCONSUMED_ROWS as u64);
+        // Once polled, the rest follows.
+        let mut received = 0;
+        loop {
+            match executor.poll(Duration::from_millis(200)) {
+                Poll::Rows(rows) => received += rows.len() as u64,
+                Poll::Idle => {}
+                Poll::Done => break,
+            }
+        }
+        feeder.join().unwrap();
+        assert_eq!(received, total);
+    }
+}
