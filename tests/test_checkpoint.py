@@ -1,0 +1,52 @@
+"""RunDir compaction: windows of rows, the latest result per row, parts with differing types."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import runner.checkpoint as checkpoint
+from runner.checkpoint import RunDir
+
+
+def part(rows: list[int], status: str, extra: pa.Array | None = None) -> pa.Table:
+    columns = {
+        "_row": pa.array(rows, pa.int64()),
+        "id": pa.array([str(r) for r in rows]),
+        "status": pa.array([status] * len(rows)),
+        "output": pa.array([f"{status}-{r}" for r in rows]),
+        "latency_ms": pa.array([1.0] * len(rows)),
+    }
+    if extra is not None:
+        columns["n"] = extra
+    return pa.table(columns)
+
+
+def test_compaction_across_windows_keeps_the_latest_result_in_row_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint, "COMPACT_WINDOW", 7)  # many windows for 50 rows
+    run_dir = RunDir(tmp_path / "out.parquet")
+    run_dir.prepare()
+    rows = list(range(50))
+    random.Random(3).shuffle(rows)  # completion order is not row order
+    for i in range(0, 50, 9):
+        chunk = rows[i : i + 9]
+        # one part's input column is typed int, another's string: promoted to one type
+        n = pa.array(chunk, pa.int64()) if i % 2 else pa.array([str(r) for r in chunk])
+        run_dir.append(part(chunk, "error", n))
+        run_dir.flush()
+    retried = [3, 17, 18, 41]  # a rerun's later results win
+    run_dir.append(part(retried, "ok", pa.array(retried, pa.int64())))
+    run_dir.flush()
+    summary = run_dir.compact({b"k": b"v"})
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column("id").to_pylist() == [str(r) for r in range(50)]
+    assert "_row" not in out.column_names and out.schema.metadata[b"k"] == b"v"
+    expected = ["ok" if r in retried else "error" for r in range(50)]
+    assert out.column("status").to_pylist() == expected
+    assert out.column("output").to_pylist() == [f"{s}-{r}" for r, s in enumerate(expected)]
+    assert [str(v) for v in out.column("n").to_pylist()] == [str(r) for r in range(50)]
+    assert summary.num_rows == 50 and summary.column("status").to_pylist() == expected
