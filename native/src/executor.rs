@@ -23,6 +23,11 @@ const QUEUE_ROWS: usize = 4096;
 /// Rows started but not yet handed to `poll`: when the consumer falls behind, dispatching
 /// waits instead of piling results (and their input rows) up in memory.
 const UNCONSUMED_ROWS: usize = 16_384;
+/// A batch of results is handed out once its first row has waited this long, so results cross
+/// to the consumer in batches rather than a wake-up per row (at 5,000 rows/s, ~100 rows).
+const LINGER: Duration = Duration::from_millis(20);
+/// ... unless this many are ready sooner.
+const BATCH_ROWS: usize = 4096;
 
 /// One row to send: its position in the run and its messages.
 pub struct Job {
@@ -84,6 +89,13 @@ pub struct Stats {
     pub clock: RunClock,
 }
 
+/// Results not yet handed out, and when the first of them arrived.
+#[derive(Default)]
+struct Ready {
+    rows: Vec<RowResult>,
+    since: Option<std::time::Instant>,
+}
+
 struct Shared {
     config: RunConfig,
     client: reqwest::Client,
@@ -94,7 +106,7 @@ struct Shared {
     /// Set by a graceful stop: no new request starts; requests on the wire may finish.
     draining: CancellationToken,
     fatal: Mutex<Option<String>>,
-    results: Mutex<Vec<RowResult>>,
+    results: Mutex<Ready>,
     results_ready: Condvar,
     /// Permits for rows dispatched but not yet polled (see `UNCONSUMED_ROWS`).
     unconsumed: tokio::sync::Semaphore,
@@ -103,8 +115,15 @@ struct Shared {
 
 impl Shared {
     fn push(&self, result: RowResult) {
-        self.results.lock().unwrap().push(result);
-        self.results_ready.notify_all();
+        let mut ready = self.results.lock().unwrap();
+        ready.rows.push(result);
+        // Wake the consumer for the first result of a batch and for a full batch only.
+        if ready.rows.len() == 1 {
+            ready.since = Some(std::time::Instant::now());
+            self.results_ready.notify_all();
+        } else if ready.rows.len() == BATCH_ROWS {
+            self.results_ready.notify_all();
+        }
     }
 
     /// Stops the whole run: auth and quota failures would repeat on every row.
@@ -141,7 +160,7 @@ impl Executor {
             cancel: CancellationToken::new(),
             draining: CancellationToken::new(),
             fatal: Mutex::new(None),
-            results: Mutex::new(Vec::new()),
+            results: Mutex::new(Ready::default()),
             results_ready: Condvar::new(),
             unconsumed: tokio::sync::Semaphore::new(UNCONSUMED_ROWS),
             finished: AtomicBool::new(false),
@@ -181,27 +200,38 @@ impl Executor {
         self.input.lock().unwrap().take();
     }
 
-    /// Takes the results that arrived, waiting up to `wait` for the first one.
+    /// Takes the results that arrived, waiting up to `wait` for them. A batch is handed out once
+    /// its first row has waited [`LINGER`] (or [`BATCH_ROWS`] are ready, or the run is over),
+    /// or at the end of `wait` with what there is.
     pub fn poll(&self, wait: Duration) -> Poll {
         let deadline = std::time::Instant::now() + wait;
-        let mut results = self.shared.results.lock().unwrap();
+        let mut ready = self.shared.results.lock().unwrap();
         loop {
-            if !results.is_empty() {
-                let rows = std::mem::take(&mut *results);
+            let finished = self.shared.finished.load(Ordering::Acquire);
+            let now = std::time::Instant::now();
+            let due = match ready.since {
+                Some(since) => since + LINGER,
+                None => deadline,
+            };
+            if !ready.rows.is_empty()
+                && (finished || now >= due.min(deadline) || ready.rows.len() >= BATCH_ROWS)
+            {
+                let rows = std::mem::take(&mut ready.rows);
+                ready.since = None;
                 self.shared.unconsumed.add_permits(rows.len());
                 return Poll::Rows(rows);
             }
-            if self.shared.finished.load(Ordering::Acquire) {
+            if finished {
                 return Poll::Done;
             }
-            let now = std::time::Instant::now();
             if now >= deadline {
                 return Poll::Idle;
             }
-            results = self
+            let until = due.min(deadline);
+            ready = self
                 .shared
                 .results_ready
-                .wait_timeout(results, deadline - now)
+                .wait_timeout(ready, until - now)
                 .unwrap()
                 .0;
         }
