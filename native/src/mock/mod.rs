@@ -8,6 +8,7 @@
 mod anthropic;
 mod body;
 mod config;
+mod delay;
 mod errors;
 mod faults;
 mod openai;

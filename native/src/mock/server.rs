@@ -3,6 +3,7 @@
 use super::anthropic;
 use super::body::MockBody;
 use super::config::{FaultKind, MockConfig};
+use super::delay::Delays;
 use super::errors::ApiError;
 use super::faults::FaultInjector;
 use super::openai;
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     bucket: Option<TokenBucket>,
     faults: FaultInjector,
+    /// Only when a latency is configured.
+    delays: Option<Delays>,
     /// Per-server random prefix plus a counter: unique, cheap ids.
     id_base: u64,
     ids: AtomicU64,
@@ -44,6 +47,7 @@ impl Shared {
         Shared {
             bucket: config.rate_limit_rps.map(TokenBucket::new),
             faults: FaultInjector::new(config.fault_rate, kinds, config.seed),
+            delays: (config.latency_ms + config.latency_jitter_ms > 0).then(Delays::start),
             id_base: rand::random(),
             ids: AtomicU64::new(0),
             stats: Stats::default(),
@@ -177,6 +181,8 @@ async fn api(
     provider: Provider,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Reject> {
+    // The configured latency counts from the request's arrival, as a client sees it.
+    let arrived = std::time::Instant::now();
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed.into());
     }
@@ -209,8 +215,9 @@ async fn api(
         0 => 0,
         j => rand::random_range(0..=j),
     };
-    if shared.config.latency_ms + jitter > 0 {
-        tokio::time::sleep(Duration::from_millis(shared.config.latency_ms + jitter)).await;
+    if let Some(delays) = &shared.delays {
+        let delay = Duration::from_millis(shared.config.latency_ms + jitter);
+        delays.until(arrived + delay).await;
     }
     let fault = shared.faults.draw();
     let status = match fault {
