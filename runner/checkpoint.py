@@ -77,10 +77,17 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
     _fsync_dir(dest.parent)
 
 
-def write_atomic(table: pa.Table, dest: Path, compression: str = "zstd") -> None:
-    """Writes `table` to `dest` as Parquet, atomically."""
+def write_atomic(table: pa.Table, dest: Path, **options: Any) -> None:
+    """Writes `table` to `dest` as Parquet (zstd unless `options` say otherwise), atomically."""
     with atomic_file(dest) as fh:
-        pq.write_table(table, fh, compression=compression)
+        pq.write_table(table, fh, **{"compression": "zstd", **options})
+
+
+#: Parts are short-lived and written on the run loop's thread, so they are written cheaply:
+#: snappy, plain encoding (no dictionary to build and then abandon for unique texts), and
+#: statistics only for `_row`, which compaction reads to find a part's rows. 5,000 rows of the
+#: benchmark's results: 5.5 ms instead of 7.9 ms with the defaults (same size).
+PART_OPTIONS: dict[str, Any] = {"compression": "snappy", "use_dictionary": False, "write_statistics": ["_row"]}
 
 
 def write_json_atomic(data: dict[str, Any], dest: Path) -> None:
@@ -259,10 +266,7 @@ class RunDir:
     def _write_part(self, table: pa.Table) -> None:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"
         try:
-            # Parts are short-lived and written on the run loop's thread: cheap snappy, not zstd
-            # (py-spy at 20k rows/s: part writes took 42 % of the loop's samples with zstd, 26 %
-            # with snappy).
-            write_atomic(table, dest, compression="snappy")
+            write_atomic(table.combine_chunks(), dest, **PART_OPTIONS)
         except OSError as err:
             raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
         self._next_part += 1
@@ -282,9 +286,10 @@ class RunDir:
     def compact(self, metadata: dict[bytes, bytes]) -> pa.Table:
         """Replaces OUTPUT atomically with the latest result of every row, in input order.
 
-        Works in windows of rows, reading only the parts whose `_row` range overlaps each
-        window, so memory stays bounded however large the run. Returns the columns a summary
-        needs (status, error_type, tokens, latency) for all rows.
+        Works in windows of rows. Parts are read once each, in the order of their first row,
+        when the window reaches it; rows beyond the window wait for theirs. Memory is bounded
+        by the window and the parts that span it, not by the run's size. Returns the columns a
+        summary needs (status, error_type, tokens, latency, cost) for all rows.
         """
         pool = pa.default_memory_pool()
         pool.release_unused()
@@ -294,25 +299,35 @@ class RunDir:
         out_schema = schema.remove(schema.get_field_index("_row")) if "_row" in schema.names else schema
         summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
         summaries: list[pa.Table] = []
-        last_row = max((hi for _, hi in spans), default=-1)
+        order = sorted(range(len(parts)), key=lambda i: spans[i][0])
+        waiting: list[pa.Table] = []  # rows read, not yet written
+        start = spans[order[0]][0] if order else 0
         try:
             with atomic_file(self.output) as fh:
-                with pq.ParquetWriter(fh, out_schema, compression="zstd") as writer:
-                    for start in range(0, last_row + 1, COMPACT_WINDOW):
+                with pq.ParquetWriter(fh, out_schema, **OUTPUT_OPTIONS) as writer:
+                    while waiting or order:
                         stop = start + COMPACT_WINDOW
-                        pieces = [
-                            _with_part(conform(pq.read_table(p, filters=[("_row", ">=", start), ("_row", "<", stop)]), schema), i)
-                            for i, (p, (lo, hi)) in enumerate(zip(parts, spans))
-                            if lo < stop and hi >= start
-                        ]
-                        if not pieces:
-                            continue
-                        window = _latest_sorted(pa.concat_tables(pieces))
-                        window = window.drop_columns(["_row"]).replace_schema_metadata(metadata)
-                        writer.write_table(window)
-                        summaries.append(window.select(summary_columns))
-                        del window, pieces
-                        pool.release_unused()  # keep the peak at one window, not the sum of them
+                        while order and spans[order[0]][0] < stop:
+                            i = order.pop(0)
+                            waiting.append(_with_part(conform(pq.read_table(parts[i]), schema), i))
+                        pending = pa.concat_tables(waiting) if waiting else None
+                        waiting = []
+                        if pending is not None and pending.num_rows:
+                            mine = pc.less(pending.column("_row"), stop)
+                            later = pending.filter(pc.invert(mine))
+                            if later.num_rows:
+                                waiting.append(later)
+                            window = _latest_sorted(pending.filter(mine))
+                            window = window.drop_columns(["_row"]).replace_schema_metadata(metadata)
+                            if window.num_rows:
+                                writer.write_table(window)
+                                summaries.append(window.select(summary_columns))
+                            del window, pending, later
+                            pool.release_unused()  # keep the peak at one window, not the sum of them
+                        if waiting or not order:
+                            start = stop
+                        else:  # nothing read is waiting: skip to the next part's first row
+                            start = max(stop, spans[order[0]][0])
         except OSError as err:
             raise OutputError(f"{self.output}: cannot write the output: {oserror_text(err)}") from None
         if not summaries:
@@ -320,6 +335,12 @@ class RunDir:
         return pa.concat_tables(summaries)
 
 
+#: The output: zstd, with dictionaries only for the columns with few distinct values (10,000
+#: benchmark rows: 12.6 ms instead of 16.3 ms with a dictionary tried on every column, and smaller).
+OUTPUT_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["model", "provider", "status", "finish_reason", "error_type", "run_id"],
+}
 #: Rows per compaction window: memory is bounded by this, not by the run's size.
 COMPACT_WINDOW = 10_000
 #: What the end-of-run summary reads back from compaction.
