@@ -92,7 +92,11 @@ class MockProcess:
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # SIGINT ignored (started from a background job)
+            self.proc.kill()
+            self.proc.wait()
 
 
 def prompt_runner(name: str, data: Path, out: Path, server: MockProcess, rows: int, *flags: str) -> Measure:
