@@ -278,7 +278,7 @@ class RunDir:
         higher number) before the small ones go, so a crash in between only duplicates rows,
         and the duplicates hold the same results."""
         small, self._small = self._small, []
-        merged = pa.concat_tables([pq.read_table(p) for p in small], promote_options="permissive")
+        merged = pa.concat_tables([pq.ParquetFile(p).read() for p in small], promote_options="permissive")
         self._write_part(merged)
         for path in small:
             path.unlink(missing_ok=True)
@@ -293,9 +293,13 @@ class RunDir:
         """
         pool = pa.default_memory_pool()
         pool.release_unused()
-        parts = self.readable_parts()
-        spans = [_row_span(p) for p in parts]
-        schema = target_schema([pq.read_schema(p) for p in parts]).with_metadata(metadata)
+        parts, spans, schemas = [], [], []
+        for path in self.readable_parts():
+            meta = pq.read_metadata(path)
+            parts.append(path)
+            spans.append(_row_span(meta))
+            schemas.append(meta.schema.to_arrow_schema())
+        schema = target_schema(schemas).with_metadata(metadata)
         out_schema = schema.remove(schema.get_field_index("_row")) if "_row" in schema.names else schema
         summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
         summaries: list[pa.Table] = []
@@ -309,7 +313,7 @@ class RunDir:
                         stop = start + COMPACT_WINDOW
                         while order and spans[order[0]][0] < stop:
                             i = order.pop(0)
-                            waiting.append(_with_part(conform(pq.read_table(parts[i]), schema), i))
+                            waiting.append(_with_part(conform(pq.ParquetFile(parts[i]).read(), schema), i))
                         pending = pa.concat_tables(waiting) if waiting else None
                         waiting = []
                         if pending is not None and pending.num_rows:
@@ -347,9 +351,8 @@ COMPACT_WINDOW = 10_000
 SUMMARY_COLUMNS = ["status", "error_type", "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd"]
 
 
-def _row_span(path: Path) -> tuple[int, int]:
+def _row_span(meta: pq.FileMetaData) -> tuple[int, int]:
     """The smallest and largest `_row` in a part, from its footer statistics."""
-    meta = pq.read_metadata(path)
     index = meta.schema.to_arrow_schema().get_field_index("_row")
     lo, hi = None, None
     for g in range(meta.num_row_groups):

@@ -173,21 +173,20 @@ class LaneRun:
         """Output rows that are ready (input columns joined), or None once the lane is done."""
         ready = []
         while not self.hits.empty():
-            ready.extend(self._output(self.hits.get_nowait(), cached=True))
-        chunk = self.executor.poll(0 if ready else wait)
-        if chunk is None:
+            ready.extend(self._output(result_table(self.hits.get_nowait()), cached=True))
+        batch = self.executor.poll(0 if ready else wait)
+        if batch is None:
             while not self.hits.empty():
-                ready.extend(self._output(self.hits.get_nowait(), cached=True))
+                ready.extend(self._output(result_table(self.hits.get_nowait()), cached=True))
             return ready or None
-        if chunk:
-            ready.extend(self._output(chunk, cached=False))
+        if len(batch):
+            ready.extend(self._output(pa.Table.from_batches([pa.record_batch(batch)]), cached=False))
         return ready
 
-    def _output(self, chunk: dict[str, list[Any]], cached: bool) -> list[pa.Table]:
-        results = result_table(chunk)
+    def _output(self, results: pa.Table, cached: bool) -> list[pa.Table]:
         if self.cache is not None and not cached:
             with self._keys_lock:
-                keys = [self._keys.pop(r) for r in chunk["row"]]
+                keys = [self._keys.pop(r) for r in results.column("_row").to_pylist()]
             self.cache.store_results(keys, results)
         return [self._output_rows(inputs, ids, res, cached) for inputs, ids, res in self.inflight.join(results)]
 
@@ -210,7 +209,8 @@ class LaneRun:
 
 
 def result_table(chunk: dict[str, list[Any]]) -> pa.Table:
-    """The executor's column lists as a typed Arrow table (`_row` + the result fields)."""
+    """Column lists (cache hits) as the table the executor's polls give: `_row`, the result
+    fields, `request_hash`."""
     arrays = {"_row": pa.array(chunk["row"], pa.int64())}
     for f in RESULT_FIELDS:
         values = chunk[f.name]

@@ -1,5 +1,6 @@
 //! prompt-runner's native core: providers, SSE, retries, rate limits, the executor and the mock server.
 
+pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,21 +1,24 @@
 //! PyO3 bindings: every `#[pymethods]` of the module `runner._native`, and the one place that
 //! maps native errors to Python exceptions.
 
+use crate::batch;
 use crate::client::{
     ClientConfig, ClientError as NativeClientError, ModelClient as NativeModelClient, Response,
 };
 use crate::config::RunConfig;
 use crate::error::Error;
-use crate::executor::{Executor as NativeExecutor, Job, Poll, RowResult};
+use crate::executor::{Executor as NativeExecutor, Job, Poll};
 use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
 use crate::provider::Message;
 use crate::runtime::runtime;
+use arrow_array::ffi::to_ffi;
+use arrow_array::{Array, RecordBatch, StructArray};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyCapsule, PyDict};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,15 +96,20 @@ impl Executor {
         self.inner.close_input();
     }
 
-    /// Results that arrived, as a dict of equal-length column lists; `{}` when none came within
-    /// `timeout` seconds; `None` once the run is over and everything was handed out.
-    fn poll<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Option<Bound<'py, PyDict>>> {
+    /// Results that arrived, as one Arrow record batch (`pyarrow.record_batch(result)`); an
+    /// empty one when none came within `timeout` seconds; `None` once the run is over and
+    /// everything was handed out.
+    fn poll(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<ResultBatch>> {
         let wait = Duration::from_secs_f64(timeout.max(0.0));
-        match py.detach(|| self.inner.poll(wait)) {
-            Poll::Done => Ok(None),
-            Poll::Idle => Ok(Some(PyDict::new(py))),
-            Poll::Rows(rows) => columns(py, rows).map(Some),
-        }
+        let rows = match py.detach(|| self.inner.poll(wait)) {
+            Poll::Done => return Ok(None),
+            Poll::Idle => Vec::new(),
+            Poll::Rows(rows) => rows,
+        };
+        let batch = py
+            .detach(|| batch::to_batch(&rows))
+            .map_err(|e| NativeError::new_err(e.to_string()))?;
+        Ok(Some(ResultBatch { batch }))
     }
 
     /// Stops dispatching; rows still in flight get no result.
@@ -179,57 +187,33 @@ impl Executor {
     }
 }
 
-fn columns(py: Python<'_>, rows: Vec<RowResult>) -> PyResult<Bound<'_, PyDict>> {
-    let n = rows.len();
-    let mut row = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut output = Vec::with_capacity(n);
-    let mut finish_reason = Vec::with_capacity(n);
-    let mut prompt_tokens = Vec::with_capacity(n);
-    let mut completion_tokens = Vec::with_capacity(n);
-    let mut latency_ms = Vec::with_capacity(n);
-    let mut ttft_ms = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut http_status = Vec::with_capacity(n);
-    let mut error_type = Vec::with_capacity(n);
-    let mut error = Vec::with_capacity(n);
-    let mut started_at = Vec::with_capacity(n);
-    let mut finished_at = Vec::with_capacity(n);
-    let mut request_hash = Vec::with_capacity(n);
-    for r in rows {
-        row.push(r.row);
-        status.push(if r.ok { "ok" } else { "error" });
-        output.push(r.output);
-        finish_reason.push(r.finish_reason);
-        prompt_tokens.push(r.prompt_tokens);
-        completion_tokens.push(r.completion_tokens);
-        latency_ms.push(r.latency_ms);
-        ttft_ms.push(r.ttft_ms);
-        attempts.push(r.attempts);
-        http_status.push(r.http_status);
-        error_type.push(r.error_type);
-        error.push(r.error);
-        started_at.push(r.started_at_us);
-        finished_at.push(r.finished_at_us);
-        request_hash.push(r.request_hash);
+/// One poll's results, exported through the Arrow PyCapsule interface.
+#[pyclass(module = "runner._native", frozen)]
+struct ResultBatch {
+    batch: RecordBatch,
+}
+
+#[pymethods]
+impl ResultBatch {
+    fn __len__(&self) -> usize {
+        self.batch.num_rows()
     }
-    let dict = PyDict::new(py);
-    dict.set_item("row", row)?;
-    dict.set_item("status", status)?;
-    dict.set_item("output", output)?;
-    dict.set_item("finish_reason", finish_reason)?;
-    dict.set_item("prompt_tokens", prompt_tokens)?;
-    dict.set_item("completion_tokens", completion_tokens)?;
-    dict.set_item("latency_ms", latency_ms)?;
-    dict.set_item("ttft_ms", ttft_ms)?;
-    dict.set_item("attempts", attempts)?;
-    dict.set_item("http_status", http_status)?;
-    dict.set_item("error_type", error_type)?;
-    dict.set_item("error", error)?;
-    dict.set_item("started_at", started_at)?;
-    dict.set_item("finished_at", finished_at)?;
-    dict.set_item("request_hash", request_hash)?;
-    Ok(dict)
+
+    /// The Arrow C data interface: (schema capsule, array capsule) of a struct array.
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_array__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyCapsule>, Bound<'py, PyCapsule>)> {
+        let _ = requested_schema; // the batch has one schema; the caller casts if it must
+        let data = StructArray::from(self.batch.clone()).into_data();
+        let (array, schema) = to_ffi(&data).map_err(|e| NativeError::new_err(e.to_string()))?;
+        Ok((
+            PyCapsule::new_with_value(py, schema, c"arrow_schema")?,
+            PyCapsule::new_with_value(py, array, c"arrow_array")?,
+        ))
+    }
 }
 
 /// The project's mock OpenAI/Anthropic server, serving on the shared runtime until stopped.
@@ -563,6 +547,7 @@ fn init_logging(level: &str, json: bool) -> PyResult<bool> {
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Executor>()?;
+    m.add_class::<ResultBatch>()?;
     m.add_class::<MockServer>()?;
     m.add_class::<ModelClient>()?;
     m.add_class::<ChunkStream>()?;

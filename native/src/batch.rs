@@ -1,0 +1,140 @@
+//! Results as an Arrow record batch, the shape the Python side writes: `_row`, the result
+//! columns of `runner/schema.py` (same names, types and order), then `request_hash`. A poll's
+//! rows cross to Python in one batch through the Arrow C data interface, with no Python object
+//! per value.
+
+use crate::executor::RowResult;
+use arrow_array::{
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use std::sync::{Arc, OnceLock};
+
+/// The batch's schema; every column may hold nulls.
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+            let fields = [
+                ("_row", DataType::Int64),
+                ("status", DataType::Utf8),
+                ("output", DataType::Utf8),
+                ("finish_reason", DataType::Utf8),
+                ("prompt_tokens", DataType::Int64),
+                ("completion_tokens", DataType::Int64),
+                ("latency_ms", DataType::Float64),
+                ("ttft_ms", DataType::Float64),
+                ("attempts", DataType::Int32),
+                ("http_status", DataType::Int32),
+                ("error_type", DataType::Utf8),
+                ("error", DataType::Utf8),
+                ("started_at", ts.clone()),
+                ("finished_at", ts),
+                ("request_hash", DataType::Utf8),
+            ];
+            Arc::new(Schema::new(
+                fields
+                    .into_iter()
+                    .map(|(name, ty)| Field::new(name, ty, true))
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .clone()
+}
+
+/// One record batch of `rows`, in their order.
+pub fn to_batch(rows: &[RowResult]) -> Result<RecordBatch, ArrowError> {
+    let text = |f: fn(&RowResult) -> Option<&str>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let int = |f: fn(&RowResult) -> Option<i64>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<Int64Array>())
+    };
+    let small = |f: fn(&RowResult) -> Option<i32>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<Int32Array>())
+    };
+    let float = |f: fn(&RowResult) -> Option<f64>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<Float64Array>())
+    };
+    let time = |f: fn(&RowResult) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"),
+        )
+    };
+    let columns = vec![
+        int(|r| Some(r.row as i64)),
+        text(|r| Some(if r.ok { "ok" } else { "error" })),
+        text(|r| r.output.as_deref()),
+        text(|r| r.finish_reason.as_deref()),
+        int(|r| r.prompt_tokens.map(|t| t as i64)),
+        int(|r| r.completion_tokens.map(|t| t as i64)),
+        float(|r| Some(r.latency_ms)),
+        float(|r| r.ttft_ms),
+        small(|r| Some(r.attempts as i32)),
+        small(|r| r.http_status.map(i32::from)),
+        text(|r| r.error_type),
+        text(|r| r.error.as_deref()),
+        time(|r| r.started_at_us),
+        time(|r| r.finished_at_us),
+        text(|r| Some(r.request_hash.as_str())),
+    ];
+    RecordBatch::try_new(schema(), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+
+    fn result(row: u64, ok: bool) -> RowResult {
+        RowResult {
+            row,
+            ok,
+            output: ok.then(|| format!("Echo: ζ {row}")),
+            finish_reason: ok.then(|| "stop".to_string()),
+            prompt_tokens: ok.then_some(3),
+            completion_tokens: ok.then_some(4),
+            latency_ms: 1.5,
+            ttft_ms: None,
+            attempts: 2,
+            http_status: Some(if ok { 200 } else { 400 }),
+            error_type: (!ok).then_some("bad_request"),
+            error: (!ok).then(|| "HTTP 400: no".to_string()),
+            started_at_us: 1_700_000_000_000_000,
+            finished_at_us: 1_700_000_000_001_500,
+            request_hash: format!("h{row}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_every_field_with_nulls_where_absent() {
+        let batch = to_batch(&[result(7, true), result(3, false)]).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), schema());
+        let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let rows = col("_row");
+        let rows = rows.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(rows.values(), &[7, 3]);
+        let status = col("status");
+        let status = status.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((status.value(0), status.value(1)), ("ok", "error"));
+        let output = col("output");
+        let output = output.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(output.value(0), "Echo: ζ 7");
+        assert!(output.is_null(1));
+        let http = col("http_status");
+        let http = http.as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!(http.values(), &[200, 400]);
+        assert_eq!(col("ttft_ms").null_count(), 2);
+        assert_eq!(col("error_type").null_count(), 1);
+        assert_eq!(col("prompt_tokens").null_count(), 1);
+    }
+
+    #[test]
+    fn an_empty_poll_is_an_empty_batch() {
+        let batch = to_batch(&[]).unwrap();
+        assert_eq!((batch.num_rows(), batch.num_columns()), (0, 15));
+    }
+}
