@@ -43,6 +43,9 @@ FLUSH_ROWS = 20_000
 MERGE_PARTS = 64
 #: Parts with fewer rows than this count as small.
 SMALL_PART_ROWS = 5_000
+#: Small parts are also kept in memory, up to this many rows in all, so merging them does not
+#: read them back (64 parts of 500 rows: 0.2 s of the run loop's time when read back).
+KEEP_SMALL_ROWS = 40_000
 
 
 class OutputError(RunnerError):
@@ -121,8 +124,10 @@ class RunDir:
         self._last_flush = time.monotonic()
         self._next_part = 1
         self._lock_fd: int | None = None
-        #: Small parts this process wrote (only its own: their rows appear in no later part).
-        self._small: list[Path] = []
+        #: Small parts this process wrote (only its own: their rows appear in no later part),
+        #: with their rows while those fit in KEEP_SMALL_ROWS.
+        self._small: list[tuple[Path, pa.Table | None]] = []
+        self._kept_rows = 0
 
     # -- the run's record ------------------------------------------------------------------
 
@@ -265,22 +270,26 @@ class RunDir:
 
     def _write_part(self, table: pa.Table) -> None:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"
+        table = table.combine_chunks()
         try:
-            write_atomic(table.combine_chunks(), dest, **PART_OPTIONS)
+            write_atomic(table, dest, **PART_OPTIONS)
         except OSError as err:
             raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
         self._next_part += 1
         if table.num_rows < SMALL_PART_ROWS:
-            self._small.append(dest)
+            keep = self._kept_rows + table.num_rows <= KEEP_SMALL_ROWS
+            self._kept_rows += table.num_rows if keep else 0
+            self._small.append((dest, table if keep else None))
 
     def _merge_small(self) -> None:
         """Replaces this process's small parts by one. The merged part is written (with a
         higher number) before the small ones go, so a crash in between only duplicates rows,
         and the duplicates hold the same results."""
-        small, self._small = self._small, []
-        merged = pa.concat_tables([pq.ParquetFile(p).read() for p in small], promote_options="permissive")
-        self._write_part(merged)
-        for path in small:
+        small, self._small, self._kept_rows = self._small, [], 0
+        tables = [pq.ParquetFile(path).read() if table is None else table for path, table in small]
+        self._write_part(pa.concat_tables(tables, promote_options="permissive"))
+        del tables
+        for path, _ in small:
             path.unlink(missing_ok=True)
 
     def compact(self, metadata: dict[bytes, bytes]) -> pa.Table:

@@ -50,3 +50,22 @@ def test_compaction_across_windows_keeps_the_latest_result_in_row_order(tmp_path
     assert out.column("output").to_pylist() == [f"{s}-{r}" for r, s in enumerate(expected)]
     assert [str(v) for v in out.column("n").to_pylist()] == [str(r) for r in range(50)]
     assert summary.num_rows == 50 and summary.column("status").to_pylist() == expected
+
+
+def test_small_parts_are_merged_whether_kept_in_memory_or_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoint, "MERGE_PARTS", 8)
+    monkeypatch.setattr(checkpoint, "KEEP_SMALL_ROWS", 25)  # the first 5 parts stay in memory, the rest are read back
+    run_dir = RunDir(tmp_path / "out.parquet")
+    run_dir.prepare()
+    for start in range(0, 100, 5):
+        run_dir.append(part(list(range(start, start + 5)), "ok"))
+        run_dir.flush()
+    files = sorted((tmp_path / "out.parquet.run" / "parts").glob("part-*.parquet"))
+    # 20 parts of 5 rows: 8 merge into one of 40 (small too), which merges with the next 7 into
+    # one of 75; the last 5 parts wait: 1 + 5 files.
+    assert len(files) == 6, files
+    assert sorted(pq.read_table(files[0]).column("_row").to_pylist()) == list(range(75))
+    run_dir.compact({})
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column("id").to_pylist() == [str(r) for r in range(100)]
+    assert out.column("output").to_pylist() == [f"ok-{r}" for r in range(100)]
