@@ -21,10 +21,12 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -312,40 +314,99 @@ class RunDir:
         out_schema = schema.remove(schema.get_field_index("_row")) if "_row" in schema.names else schema
         summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
         summaries: list[pa.Table] = []
-        order = sorted(range(len(parts)), key=lambda i: spans[i][0])
-        waiting: list[pa.Table] = []  # rows read, not yet written
-        start = spans[order[0]][0] if order else 0
         try:
             with atomic_file(self.output) as fh:
                 with pq.ParquetWriter(fh, out_schema, **OUTPUT_OPTIONS) as writer:
-                    while waiting or order:
-                        stop = start + COMPACT_WINDOW
-                        while order and spans[order[0]][0] < stop:
-                            i = order.pop(0)
-                            waiting.append(_with_part(conform(pq.ParquetFile(parts[i]).read(), schema), i))
-                        pending = pa.concat_tables(waiting) if waiting else None
-                        waiting = []
-                        if pending is not None and pending.num_rows:
-                            mine = pc.less(pending.column("_row"), stop)
-                            later = pending.filter(pc.invert(mine))
-                            if later.num_rows:
-                                waiting.append(later)
-                            window = _latest_sorted(pending.filter(mine))
-                            window = window.drop_columns(["_row"]).replace_schema_metadata(metadata)
-                            if window.num_rows:
-                                writer.write_table(window)
-                                summaries.append(window.select(summary_columns))
-                            del window, pending, later
-                            pool.release_unused()  # keep the peak at one window, not the sum of them
-                        if waiting or not order:
-                            start = stop
-                        else:  # nothing read is waiting: skip to the next part's first row
-                            start = max(stop, spans[order[0]][0])
+                    # The next window is read and sorted on a thread while this one is written
+                    # (100k benchmark rows: 0.55 s -> 0.39 s).
+                    for window in _prefetched(_windows(parts, spans, schema)):
+                        window = window.replace_schema_metadata(metadata)
+                        writer.write_table(window)
+                        summaries.append(window.select(summary_columns))
+                        del window
+                        pool.release_unused()  # keep the peak at a window or two, not the sum of them
         except OSError as err:
             raise OutputError(f"{self.output}: cannot write the output: {oserror_text(err)}") from None
         if not summaries:
             return pa.table({c: pa.array([], out_schema.field(c).type) for c in summary_columns})
         return pa.concat_tables(summaries)
+
+
+def _windows(parts: list[Path], spans: list[tuple[int, int]], schema: pa.Schema) -> Iterator[pa.Table]:
+    """The latest result of every row, in `_row` order, in windows of COMPACT_WINDOW rows
+    (without `_row`). Parts are read once each, in the order of their first row, when the window
+    reaches it; rows beyond the window wait for theirs."""
+    order = sorted(range(len(parts)), key=lambda i: spans[i][0])
+    waiting: list[pa.Table] = []  # rows read, not yet handed out
+    start = spans[order[0]][0] if order else 0
+    while waiting or order:
+        stop = start + COMPACT_WINDOW
+        while order and spans[order[0]][0] < stop:
+            i = order.pop(0)
+            waiting.append(_with_part(conform(pq.ParquetFile(parts[i]).read(), schema), i))
+        pending = pa.concat_tables(waiting) if waiting else None
+        waiting = []
+        if pending is not None and pending.num_rows:
+            mine = pc.less(pending.column("_row"), stop)
+            later = pending.filter(pc.invert(mine))
+            if later.num_rows:
+                waiting.append(later)
+            window = _latest_sorted(pending.filter(mine))
+            del pending, later
+            if window.num_rows:
+                yield window.drop_columns(["_row"])
+            del window
+        if waiting or not order:
+            start = stop
+        else:  # nothing read is waiting: skip to the next part's first row
+            start = max(stop, spans[order[0]][0])
+
+
+T = TypeVar("T")
+
+
+def _prefetched(items: Iterator[T]) -> Iterator[T]:
+    """`items`, produced one ahead on a thread (pyarrow releases the GIL while it reads, sorts
+    and writes). The producer's exception is raised here; stopping early stops the producer."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand("item", item):
+                    return
+            hand("end", None)
+        except BaseException as err:  # handed to the consumer
+            hand("error", err)
+
+    thread = threading.Thread(target=produce, name="compact-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 #: The output: zstd, with dictionaries only for the columns with few distinct values (10,000

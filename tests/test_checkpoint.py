@@ -69,3 +69,33 @@ def test_small_parts_are_merged_whether_kept_in_memory_or_read_back(tmp_path: Pa
     out = pq.read_table(tmp_path / "out.parquet")
     assert out.column("id").to_pylist() == [str(r) for r in range(100)]
     assert out.column("output").to_pylist() == [f"ok-{r}" for r in range(100)]
+
+
+def test_prefetching_passes_on_errors_and_stops_with_its_consumer() -> None:
+    import threading
+
+    def failing():
+        yield 1
+        raise OSError(28, "No space left on device")
+
+    got = []
+    with pytest.raises(OSError, match="No space left"):
+        for item in checkpoint._prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    before = threading.active_count()
+    for item in checkpoint._prefetched(endless()):
+        if item == 3:
+            break  # the consumer stops early: the producer must not stay blocked
+    assert threading.active_count() == before
+    assert len(produced) <= 6
