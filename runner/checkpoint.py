@@ -300,7 +300,7 @@ class RunDir:
         Works in windows of rows. Parts are read once each, in the order of their first row,
         when the window reaches it; rows beyond the window wait for theirs. Memory is bounded
         by the window and the parts that span it, not by the run's size. Returns the columns a
-        summary needs (status, error_type, tokens, latency, cost) for all rows.
+        summary needs (status, error_type, tokens, latency) for all rows.
         """
         pool = pa.default_memory_pool()
         pool.release_unused()
@@ -418,7 +418,7 @@ OUTPUT_OPTIONS: dict[str, Any] = {
 #: Rows per compaction window: memory is bounded by this, not by the run's size.
 COMPACT_WINDOW = 10_000
 #: What the end-of-run summary reads back from compaction.
-SUMMARY_COLUMNS = ["status", "error_type", "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd"]
+SUMMARY_COLUMNS = ["status", "error_type", "prompt_tokens", "completion_tokens", "latency_ms"]
 
 
 def _row_span(meta: pq.FileMetaData) -> tuple[int, int]:

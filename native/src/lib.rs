@@ -20,3 +20,10 @@ pub mod transport;
 
 #[cfg(feature = "python")]
 mod python;
+
+/// Requests and responses allocate and free many small buffers across the runtime's threads:
+/// mimalloc instead of the C library's allocator, 100k benchmark rows at 0 ms: 5.50 s -> 5.17 s
+/// wall, ~5 % less CPU (A/B, 4 runs each). Without transparent huge pages (`no_thp`), which
+/// held a 1M-row run's peak RSS at 305 MB instead of 291 MB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
