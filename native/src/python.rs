@@ -101,15 +101,13 @@ impl Executor {
     /// everything was handed out.
     fn poll(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<ResultBatch>> {
         let wait = Duration::from_secs_f64(timeout.max(0.0));
-        let rows = match py.detach(|| self.inner.poll(wait)) {
-            Poll::Done => return Ok(None),
-            Poll::Idle => Vec::new(),
-            Poll::Rows(rows) => rows,
-        };
-        let batch = py
-            .detach(|| batch::to_batch(&rows))
-            .map_err(|e| NativeError::new_err(e.to_string()))?;
-        Ok(Some(ResultBatch { batch }))
+        let polled = py.detach(|| match self.inner.poll(wait) {
+            Poll::Done => Ok(None),
+            Poll::Idle => batch::to_batch(&[]).map(Some),
+            Poll::Rows(rows) => batch::to_batch(&rows).map(Some),
+        });
+        let batch = polled.map_err(|e| NativeError::new_err(e.to_string()))?;
+        Ok(batch.map(|batch| ResultBatch { batch }))
     }
 
     /// Stops dispatching; rows still in flight get no result.
