@@ -129,7 +129,6 @@ class RunDir:
         #: Small parts this process wrote (only its own: their rows appear in no later part),
         #: with their rows while those fit in KEEP_SMALL_ROWS.
         self._small: list[tuple[Path, pa.Table | None]] = []
-        self._kept_rows = 0
 
     # -- the run's record ------------------------------------------------------------------
 
@@ -212,13 +211,15 @@ class RunDir:
 
     def readable_parts(self) -> list[Path]:
         """Part files that open as Parquet; a torn file is skipped, never fatal."""
+        return [path for path, _ in self._readable_footers()]
+
+    def _readable_footers(self) -> list[tuple[Path, pq.FileMetaData]]:
         good = []
         for path in self._part_files():
             try:
-                pq.read_metadata(path)
+                good.append((path, pq.read_metadata(path)))
             except (OSError, pa.ArrowException):
                 continue
-            good.append(path)
         return good
 
     def latest(self, columns: list[str] | None = None) -> pl.DataFrame:
@@ -279,15 +280,14 @@ class RunDir:
             raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
         self._next_part += 1
         if table.num_rows < SMALL_PART_ROWS:
-            keep = self._kept_rows + table.num_rows <= KEEP_SMALL_ROWS
-            self._kept_rows += table.num_rows if keep else 0
-            self._small.append((dest, table if keep else None))
+            kept = sum(t.num_rows for _, t in self._small if t is not None)
+            self._small.append((dest, table if kept + table.num_rows <= KEEP_SMALL_ROWS else None))
 
     def _merge_small(self) -> None:
         """Replaces this process's small parts by one. The merged part is written (with a
         higher number) before the small ones go, so a crash in between only duplicates rows,
         and the duplicates hold the same results."""
-        small, self._small, self._kept_rows = self._small, [], 0
+        small, self._small = self._small, []
         tables = [pq.ParquetFile(path).read() if table is None else table for path, table in small]
         self._write_part(pa.concat_tables(tables, promote_options="permissive"))
         del tables
@@ -304,13 +304,10 @@ class RunDir:
         """
         pool = pa.default_memory_pool()
         pool.release_unused()
-        parts, spans, schemas = [], [], []
-        for path in self.readable_parts():
-            meta = pq.read_metadata(path)
-            parts.append(path)
-            spans.append(_row_span(meta))
-            schemas.append(meta.schema.to_arrow_schema())
-        schema = target_schema(schemas).with_metadata(metadata)
+        footers = self._readable_footers()
+        parts = [path for path, _ in footers]
+        spans = [_row_span(meta) for _, meta in footers]
+        schema = target_schema([meta.schema.to_arrow_schema() for _, meta in footers]).with_metadata(metadata)
         out_schema = schema.remove(schema.get_field_index("_row")) if "_row" in schema.names else schema
         summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
         summaries: list[pa.Table] = []
