@@ -116,13 +116,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn delays_end_on_time_and_in_order() {
+    fn runtime_and_delays() -> (tokio::runtime::Runtime, Arc<Delays>) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .unwrap();
-        let delays = Arc::new(Delays::start());
+        (rt, Arc::new(Delays::start()))
+    }
+
+    #[test]
+    fn delays_end_on_time_and_in_order() {
+        let (rt, delays) = runtime_and_delays();
         let start = Instant::now();
         let mut tasks = Vec::new();
         for ms in [30u64, 10, 20, 10] {
@@ -145,11 +149,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_delay_does_not_hold_up_the_others() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let delays = Arc::new(Delays::start());
+        let (rt, delays) = runtime_and_delays();
         let d = delays.clone();
         let abandoned =
             rt.spawn(async move { d.until(Instant::now() + Duration::from_millis(5)).await });
