@@ -217,3 +217,17 @@ def test_rerun_sends_only_rows_not_yet_ok(tmp_path: Path) -> None:
     assert stats(server)["requests"] == 110  # only the 10 failed rows again
     df = read_output(out)
     assert df.height == 100 and df["id"].to_list() == [str(i) for i in range(100)]
+
+
+def test_the_cli_gives_arrow_the_system_allocator_unless_the_user_chose_one() -> None:
+    import os
+    import subprocess
+    import sys
+
+    probe = "import runner.cli, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    chosen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "system"
+    kept = subprocess.run([sys.executable, "-c", probe], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"},
+                          capture_output=True, text=True, check=True)
+    assert kept.stdout.strip() == "mimalloc"
