@@ -206,7 +206,7 @@ class ResponseCache:
         return len(values)
 
     def store_results(self, keys: Sequence[str], results: pa.Table) -> int:
-        """Stores the ok rows of an executor result table (``batch.result_table``);
+        """Stores the ok rows of a result table (an executor poll's, or ``lane.result_table``'s);
         ``keys[i]`` is the cache key of ``results`` row ``i``. Returns rows stored."""
         import pyarrow.compute as pc
 
@@ -227,7 +227,7 @@ class ResponseCache:
 
 
 def hits_chunk(rows: Sequence[int], keys: Sequence[str], hits: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
-    """Cache hits shaped like one ``Executor.poll()`` chunk (feed it to ``batch.result_table``),
+    """Cache hits as result column lists (feed them to ``lane.result_table``),
     plus a ``cache_hit`` list (all true). ``rows`` are the row positions of ``keys``; only keys
     found in ``hits`` become rows. Timestamps are now (µs since the epoch), latency 0, attempts 0."""
     now_us = time.time_ns() // 1000

@@ -171,16 +171,19 @@ class LaneRun:
 
     def poll(self, wait: float) -> list[pa.Table] | None:
         """Output rows that are ready (input columns joined), or None once the lane is done."""
-        ready = []
-        while not self.hits.empty():
-            ready.extend(self._output(result_table(self.hits.get_nowait()), cached=True))
+        ready = self._cache_hits()
         batch = self.executor.poll(0 if ready else wait)
         if batch is None:
-            while not self.hits.empty():
-                ready.extend(self._output(result_table(self.hits.get_nowait()), cached=True))
+            ready.extend(self._cache_hits())
             return ready or None
         if len(batch):
             ready.extend(self._output(pa.Table.from_batches([pa.record_batch(batch)]), cached=False))
+        return ready
+
+    def _cache_hits(self) -> list[pa.Table]:
+        ready = []
+        while not self.hits.empty():
+            ready.extend(self._output(result_table(self.hits.get_nowait()), cached=True))
         return ready
 
     def _output(self, results: pa.Table, cached: bool) -> list[pa.Table]:
