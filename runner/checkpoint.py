@@ -265,7 +265,7 @@ class RunDir:
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        self._write_part(pa.concat_tables(self._pending, promote_options="permissive"))
+        self._write_part(concat_rows(self._pending))
         self._pending.clear()
         self._pending_rows = 0
         if len(self._small) >= MERGE_PARTS:
@@ -289,7 +289,7 @@ class RunDir:
         and the duplicates hold the same results."""
         small, self._small = self._small, []
         tables = [pq.ParquetFile(path).read() if table is None else table for path, table in small]
-        self._write_part(pa.concat_tables(tables, promote_options="permissive"))
+        self._write_part(concat_rows(tables))
         del tables
         for path, _ in small:
             path.unlink(missing_ok=True)
@@ -460,6 +460,16 @@ def target_schema(schemas: list[pa.Schema]) -> pa.Schema:
             except (pa.ArrowTypeError, pa.ArrowInvalid):
                 fields[field.name] = pa.field(field.name, pa.large_string())
     return pa.schema(list(fields.values()))
+
+
+def concat_rows(tables: list[pa.Table]) -> pa.Table:
+    """Tables of rows as one; an input column typed differently in two of them (numbers in one
+    input chunk, text in another) gets one type, as in the output."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        schema = target_schema([t.schema for t in tables])
+        return pa.concat_tables([conform(t, schema) for t in tables])
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -103,6 +103,22 @@ def test_input_columns_are_kept_unchanged(tmp_path: Path) -> None:
     assert df.columns[-4:] == ["cost_usd", "request_hash", "run_id", "cache_hit"]
 
 
+def test_an_input_column_typed_differently_in_two_chunks_becomes_text(tmp_path: Path) -> None:
+    # JSONL is read 8,192 rows at a time: `n` is a number in the first chunk, text in the second,
+    # and results of both chunks meet in one part file.
+    server = mock()
+    rows = [{"prompt": f"q{i}", "n": i if i < 8192 else f"s{i}"} for i in range(9000)]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.parquet"
+    res = cli(
+        "run", str(path), "-o", str(out), "--provider", "openai", "--model", "m",
+        "--api-base", base_for(server, "openai"), "--concurrency", "64", env=provider_env(server, "openai"),
+    )
+    assert res.code == 0, res.stderr
+    df = read_output(out)
+    assert df["n"].to_list() == [str(r["n"]) for r in rows]
+
+
 def test_transient_faults_end_ok_and_bad_requests_are_tried_once(tmp_path: Path) -> None:
     server = mock(fault_rate=0.3, seed=11)
     rows = 1500
