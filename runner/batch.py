@@ -183,6 +183,8 @@ class Batch:
             print(f"error: the budget of ${o.max_cost:g} is already spent (${spent:.4f}); "
                   f"resume with a higher one: {resume_command(o.output)} --max-cost N", file=self.err)
             return EXIT_FAILED
+        if len(self.lanes) == 1:  # a matrix's rows finish lane by lane out of order: it compacts
+            run_dir.stream_output(grand_total)
         cache = self._open_cache()
         lanes = [LaneRun(lane, o, self.paths, self.spec, total, ep, self.run_id, cache) for lane, ep in zip(self.lanes, endpoints)]
         for lane in lanes:

@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -34,6 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runner.errors import InputError, RunnerError
+
+if TYPE_CHECKING:
+    from runner.output_stream import OutputStream
 
 #: Results wait at most this long in memory before they are written ...
 FLUSH_SECONDS = 1.0
@@ -43,6 +46,8 @@ FLUSH_ROWS = 20_000
 #: Frequent flushes make small parts; this many are merged into one, so a long slow run
 #: does not leave millions of files behind.
 MERGE_PARTS = 64
+#: The streamed output's temporary file in the run directory (`{}`: the process id).
+STREAM_TMP = ".output-{}.tmp"
 #: Parts with fewer rows than this count as small.
 SMALL_PART_ROWS = 5_000
 #: Small parts are also kept in memory, up to this many rows in all, so merging them does not
@@ -58,7 +63,7 @@ def run_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".run")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -79,7 +84,7 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def write_atomic(table: pa.Table, dest: Path, **options: Any) -> None:
@@ -129,6 +134,7 @@ class RunDir:
         #: Small parts this process wrote (only its own: their rows appear in no later part),
         #: with their rows while those fit in KEEP_SMALL_ROWS.
         self._small: list[tuple[Path, pa.Table | None]] = []
+        self._stream: OutputStream | None = None
 
     # -- the run's record ------------------------------------------------------------------
 
@@ -169,11 +175,14 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
-        for leftover in self.parts.glob(".*.tmp-*"):
+        for leftover in [*self.parts.glob(".*.tmp-*"), *self.path.glob(STREAM_TMP.format("*"))]:
             leftover.unlink(missing_ok=True)
         self._next_part = 1 + max((self._part_number(p) for p in self._part_files()), default=0)
 
     def release(self) -> None:
+        if self._stream is not None:
+            self._stream.abort()
+            self._stream = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -245,9 +254,22 @@ class RunDir:
         keep = latest if not retry_failed else latest.filter(pl.col("status") == "ok")
         return set(keep["_row"].to_list()), spent
 
+    def stream_output(self, rows: int) -> bool:
+        """Writes the output while the run goes on (see runner.output_stream), when this run
+        sends every one of rows `0 .. rows-1` itself: there are no parts yet. Returns whether
+        it does."""
+        from runner.output_stream import OutputStream
+
+        if self._part_files():
+            return False
+        self._stream = OutputStream(self.output, self.path / STREAM_TMP.format(os.getpid()), rows)
+        return True
+
     def append(self, table: pa.Table) -> None:
         self._pending.append(table)
         self._pending_rows += table.num_rows
+        if self._stream is not None:
+            self._stream.add(table)
 
     def flush_due(self) -> bool:
         return bool(self._pending) and (
@@ -297,11 +319,18 @@ class RunDir:
     def compact(self, metadata: dict[bytes, bytes]) -> pa.Table:
         """Replaces OUTPUT atomically with the latest result of every row, in input order.
 
-        Works in windows of rows. Parts are read once each, in the order of their first row,
-        when the window reaches it; rows beyond the window wait for theirs. Memory is bounded
-        by the window and the parts that span it, not by the run's size. Returns the columns a
-        summary needs (status, error_type, tokens, latency) for all rows.
+        A streamed output (`stream_output`) that holds every row is put in place as it is;
+        otherwise the parts are compacted, in windows of rows. Parts are read once each, in the
+        order of their first row, when the window reaches it; rows beyond the window wait for
+        theirs. Memory is bounded by the window and the parts that span it, not by the run's
+        size. Returns the columns a summary needs (status, error_type, tokens, latency) for all
+        rows.
         """
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            summaries = stream.finish(metadata)
+            if summaries is not None:
+                return summaries
         pool = pa.default_memory_pool()
         pool.release_unused()
         footers = self._readable_footers()
@@ -436,11 +465,15 @@ def _with_part(table: pa.Table, index: int) -> pa.Table:
 
 
 def _latest_sorted(table: pa.Table) -> pa.Table:
-    """Rows sorted by `_row`, keeping for each row the one from the latest part."""
-    table = table.take(pc.sort_indices(table, [("_row", "ascending"), ("_part", "ascending")]))
-    rows = table.column("_row").combine_chunks()
+    """Rows sorted by `_row`, keeping for each row the one from the latest part. The order and
+    the choice are made on the indices, then the rows are gathered once, from contiguous
+    columns (a take from a table of many chunks is ~6x slower: 0.26 s instead of 0.04 s for
+    100k benchmark rows)."""
+    order = pc.sort_indices(table, [("_row", "ascending"), ("_part", "ascending")])
+    rows = table.column("_row").take(order).combine_chunks()
     following = pa.concat_arrays([rows.slice(1), pa.array([-1], rows.type)])
-    return table.filter(pc.not_equal(rows, following)).drop_columns(["_part"])
+    order = order.filter(pc.not_equal(rows, following))
+    return table.drop_columns(["_part"]).combine_chunks().take(order)
 
 
 def target_schema(schemas: list[pa.Schema]) -> pa.Schema:
