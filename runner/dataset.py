@@ -322,7 +322,7 @@ def scan(paths: Sequence[Path], request: RequestSpec, chunk_rows: int = 8192) ->
             columns.update(dict.fromkeys(chunk.table.column_names))
             if renderer is None:
                 renderer = plan(chunk.table.column_names, request, str(path))
-            renderer.render(chunk.table, chunk)
+            renderer.check(chunk.table, chunk)
             if request.id_column is not None:
                 _check_ids(chunk, renderer.ids(chunk.table, total, chunk), seen)
             total += chunk.num_rows

@@ -228,3 +228,22 @@ def test_ids_null_and_nested_are_errors() -> None:
         == "d.jsonl:6: missing id (column 'key' is null)"
     )
     assert "must hold strings or numbers" in error_of(planned(table, RequestSpec(id_column="obj")).ids, table, 0)
+
+
+@pytest.mark.parametrize(
+    ("table", "spec", "first_ok"),
+    [
+        (pa.table({"prompt": pa.array(["a", None], pa.string())}), None, True),
+        (pa.table({"prompt": [1, 2]}), None, False),
+        (pa.table({"messages": [["just", "strings"]]}), None, False),
+        (pa.table({"messages": [[{"role": "user", "content": "x"}], [{"role": "bot", "content": "y"}]]}), None, True),
+        (pa.table({"messages": ['[{"role": "user", "content": "x"}]', "[]"]}), None, True),
+        (pa.table({"custom_id": ["a"], "body": [{"model": "m"}]}), None, False),
+        (pa.table({"q": ["x", ""]}), RequestSpec(template="{{ q }}"), True),
+    ],
+)
+def test_check_raises_what_render_raises_without_rendering(table: pa.Table, spec: RequestSpec | None, first_ok: bool) -> None:
+    r = planned(table, spec)
+    assert error_of(r.check, table, 7) == error_of(r.render, table, 7)
+    if first_ok:
+        assert r.check(table.slice(0, 1), 7) is None and len(r.render(table.slice(0, 1), 7)) == 1
