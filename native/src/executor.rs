@@ -4,7 +4,7 @@
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::limiter::Limiter;
-use crate::provider::{self, Message, PreparedRequest};
+use crate::provider::{self, Messages, PreparedRequest};
 use crate::retry::{Backoff, ErrorType};
 use crate::transport::{self, AttemptError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +32,7 @@ const BATCH_ROWS: usize = 4096;
 /// One row to send: its position in the run and its messages.
 pub struct Job {
     pub row: u64,
-    pub messages: Vec<Message>,
+    pub messages: Messages,
 }
 
 /// The outcome of one row, after all its attempts.
@@ -326,14 +326,14 @@ async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
 /// Runs one row to its outcome; `None` when the run was cancelled before it finished.
 async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     let config = &shared.config;
-    let request = provider::prepare(
+    let request = provider::prepare_row(
         config.provider,
         &config.api_base,
         &config.api_key,
         &config.params,
         &job.messages,
     );
-    let estimate = provider::estimate_tokens(config.provider, &job.messages, &config.params);
+    let estimate = provider::estimate_row_tokens(config.provider, &job.messages, &config.params);
     let request_hash = provider::request_hash(&request.body);
     let started_at_us = now_us();
     let stats = &shared.stats;
@@ -512,7 +512,7 @@ mod tests {
 
     fn job(row: u64) -> Job {
         let messages =
-            serde_json::from_str(&format!(r#"[{{"role":"user","content":"q{row}"}}]"#)).unwrap();
+            Messages::from_json(format!(r#"[{{"role":"user","content":"q{row}"}}]"#)).unwrap();
         Job { row, messages }
     }
 

@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::executor::{Executor as NativeExecutor, Job, Poll};
 use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
-use crate::provider::Message;
+use crate::provider::{Message, Messages};
 use crate::runtime::runtime;
 use arrow_array::ffi::to_ffi;
 use arrow_array::{Array, RecordBatch, StructArray};
@@ -82,7 +82,7 @@ impl Executor {
         py.detach(|| {
             let mut jobs = Vec::with_capacity(rows.len());
             for (row, payload) in rows.into_iter().zip(payloads) {
-                let messages: Vec<Message> = serde_json::from_str(&payload).map_err(|e| {
+                let messages = Messages::from_json(payload).map_err(|e| {
                     PyValueError::new_err(format!("row {row}: messages are not valid: {e}"))
                 })?;
                 jobs.push(Job { row, messages });

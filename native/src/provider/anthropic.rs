@@ -1,5 +1,6 @@
 //! Anthropic Messages wire format: request body, JSON response and streamed events.
 
+use super::raw::RawMessages;
 use super::{
     describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
     PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage, DEFAULT_MAX_TOKENS,
@@ -13,19 +14,19 @@ use std::borrow::Cow;
 pub const API_VERSION: &str = "2023-06-01";
 
 #[derive(Serialize)]
-struct Body<'a> {
+struct Body<'a, M> {
     model: &'a str,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<Cow<'a, str>>,
-    messages: Vec<OutMessage<'a>>,
+    messages: M,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     stream: bool,
 }
 
 /// Roles the Messages API takes only as the top-level `system` string.
-fn is_system_role(role: &str) -> bool {
+pub(crate) fn is_system_role(role: &str) -> bool {
     role == "system" || role == "developer"
 }
 
@@ -60,11 +61,36 @@ pub fn prepare(
         1 => system_parts.pop(),
         _ => Some(Cow::Owned(system_parts.join("\n\n"))),
     };
+    request(base, key, params, system, out)
+}
+
+/// [`prepare`] for messages kept as JSON text: written into the body as they are, unless a
+/// system message among them has to move to the top-level `system`.
+pub fn prepare_raw(
+    base: &str,
+    key: &ApiKey,
+    params: &RequestParams,
+    messages: &RawMessages,
+) -> PreparedRequest {
+    if messages.has_system {
+        return prepare(base, key, params, &messages.parsed());
+    }
+    let system = params.system.as_deref().map(Cow::Borrowed);
+    request(base, key, params, system, messages.json())
+}
+
+fn request<M: Serialize>(
+    base: &str,
+    key: &ApiKey,
+    params: &RequestParams,
+    system: Option<Cow<'_, str>>,
+    messages: M,
+) -> PreparedRequest {
     let body = Body {
         model: &params.model,
         max_tokens: params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system,
-        messages: out,
+        messages,
         temperature: params.temperature,
         stream: params.stream,
     };

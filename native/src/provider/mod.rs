@@ -2,10 +2,11 @@
 //!
 //! CONTRACT (used by transport.rs and executor.rs; keep these names and signatures):
 //! `prepare`, `parse_response`, `error_message`, `Accumulator`, `StreamStep`, `StreamFailure`,
-//! `estimate_tokens`, `request_hash`.
+//! `estimate_tokens`, `request_hash`; for a row's [`Messages`]: `prepare_row`, `estimate_row_tokens`.
 
 pub mod anthropic;
 pub mod openai;
+pub mod raw;
 
 use crate::retry::ErrorType;
 use crate::secret::ApiKey;
@@ -80,6 +81,48 @@ pub fn prepare(
     match kind {
         ProviderKind::OpenAi => openai::prepare(base, key, params, messages),
         ProviderKind::Anthropic => anthropic::prepare(base, key, params, messages),
+    }
+}
+
+/// A row's messages: parsed, or the JSON text the runner rendered ([`raw::RawMessages`]).
+#[derive(Debug)]
+pub enum Messages {
+    Parsed(Vec<Message>),
+    Json(raw::RawMessages),
+}
+
+impl Messages {
+    /// The runner's JSON text, kept as it is when it has the plain shape, else parsed.
+    pub fn from_json(text: String) -> Result<Self, serde_json::Error> {
+        match raw::RawMessages::new(text) {
+            Ok(raw) => Ok(Messages::Json(raw)),
+            Err(text) => serde_json::from_str(&text).map(Messages::Parsed),
+        }
+    }
+}
+
+/// [`prepare`] for a row's [`Messages`]; text messages go into the body as they are.
+pub fn prepare_row(
+    kind: ProviderKind,
+    base: &str,
+    key: &ApiKey,
+    params: &RequestParams,
+    messages: &Messages,
+) -> PreparedRequest {
+    match (messages, kind) {
+        (Messages::Parsed(messages), _) => prepare(kind, base, key, params, messages),
+        (Messages::Json(raw), ProviderKind::OpenAi) => openai::prepare_raw(base, key, params, raw),
+        (Messages::Json(raw), ProviderKind::Anthropic) => {
+            anthropic::prepare_raw(base, key, params, raw)
+        }
+    }
+}
+
+/// [`estimate_tokens`] for a row's [`Messages`].
+pub fn estimate_row_tokens(kind: ProviderKind, messages: &Messages, params: &RequestParams) -> u32 {
+    match messages {
+        Messages::Parsed(messages) => estimate_tokens(kind, messages, params),
+        Messages::Json(raw) => estimate(kind, raw.chars, raw.count, params),
     }
 }
 
@@ -179,17 +222,17 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// few tokens of framing per message) and the whole `max_tokens` budget, because the reply's
 /// length is unknown until it arrives. With no `max_tokens`, [`DEFAULT_MAX_TOKENS`] is charged.
 pub fn estimate_tokens(kind: ProviderKind, messages: &[Message], params: &RequestParams) -> u32 {
+    let chars = messages.iter().map(|m| content_chars(&m.content)).sum();
+    estimate(kind, chars, messages.len() as u64, params)
+}
+
+/// The estimate for `count` messages holding `chars` characters of text.
+fn estimate(kind: ProviderKind, chars: u64, count: u64, params: &RequestParams) -> u32 {
     const PER_MESSAGE: u64 = 4;
     const PER_REQUEST: u64 = 3;
-    let mut chars: u64 = params
-        .system
-        .as_deref()
-        .map_or(0, |s| s.chars().count() as u64);
-    let mut framing = PER_REQUEST + PER_MESSAGE * u64::from(params.system.is_some());
-    for message in messages {
-        chars += content_chars(&message.content);
-        framing += PER_MESSAGE;
-    }
+    let system = params.system.as_deref();
+    let chars = chars + system.map_or(0, |s| s.chars().count() as u64);
+    let framing = PER_REQUEST + PER_MESSAGE * (count + u64::from(system.is_some()));
     // OpenAI counts max_tokens only when it is sent; Anthropic always sends one (its default).
     let reply = match (kind, params.max_tokens) {
         (_, Some(n)) => u64::from(n),
@@ -201,7 +244,7 @@ pub fn estimate_tokens(kind: ProviderKind, messages: &[Message], params: &Reques
 }
 
 /// Characters of text in a message's content: a string, or the `text` of its parts.
-fn content_chars(content: &serde_json::Value) -> u64 {
+pub(crate) fn content_chars(content: &serde_json::Value) -> u64 {
     match content {
         serde_json::Value::String(s) => s.chars().count() as u64,
         serde_json::Value::Array(parts) => parts

@@ -1,5 +1,6 @@
 //! OpenAI Chat Completions wire format: request body, JSON response and streamed chunks.
 
+use super::raw::RawMessages;
 use super::{
     describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
     PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage,
@@ -10,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 #[derive(Serialize)]
-struct Body<'a> {
+struct Body<'a, M> {
     model: &'a str,
-    messages: Vec<OutMessage<'a>>,
+    messages: M,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,9 +48,34 @@ pub fn prepare(
         role: &m.role,
         content: Content::Json(&m.content),
     }));
+    request(base, key, params, out)
+}
+
+/// [`prepare`] for messages kept as JSON text: written into the body as they are.
+pub fn prepare_raw(
+    base: &str,
+    key: &ApiKey,
+    params: &RequestParams,
+    messages: &RawMessages,
+) -> PreparedRequest {
+    match params.system.as_deref() {
+        None => request(base, key, params, messages.json()),
+        Some(system) => match messages.with_system(system) {
+            Some(with_system) => request(base, key, params, &*with_system),
+            None => prepare(base, key, params, &messages.parsed()),
+        },
+    }
+}
+
+fn request<M: Serialize>(
+    base: &str,
+    key: &ApiKey,
+    params: &RequestParams,
+    messages: M,
+) -> PreparedRequest {
     let body = Body {
         model: &params.model,
-        messages: out,
+        messages,
         temperature: params.temperature,
         max_tokens: params.max_tokens,
         stream: params.stream,
