@@ -98,6 +98,8 @@ struct Ready {
 
 struct Shared {
     config: RunConfig,
+    /// Where every row's request goes, with its headers: built once.
+    target: Arc<provider::Target>,
     client: reqwest::Client,
     limiter: Limiter,
     backoff: Backoff,
@@ -148,7 +150,9 @@ impl Executor {
     /// run is cancelled.
     pub fn start(config: RunConfig, handle: &tokio::runtime::Handle) -> Result<Self> {
         let client = transport::build_client(config.concurrency);
+        let target = provider::target(config.provider, &config.api_base, &config.api_key);
         let shared = Arc::new(Shared {
+            target,
             limiter: Limiter::new(config.concurrency, config.rpm, config.tpm),
             backoff: Backoff {
                 base: Duration::from_millis(250),
@@ -328,8 +332,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     let config = &shared.config;
     let request = provider::prepare_row(
         config.provider,
-        &config.api_base,
-        &config.api_key,
+        &shared.target,
         &config.params,
         &job.messages,
     );

@@ -115,11 +115,15 @@ pub async fn send_with(
 /// Providers echo keys (whole or masked) in 401 messages; remove them here, where the key is
 /// known, so no caller can print one by accident.
 fn redact_key(req: &PreparedRequest, message: &str) -> String {
-    let key = req.headers.iter().find_map(|(name, value)| match *name {
-        "authorization" => Some(value.strip_prefix("Bearer ").unwrap_or(value)),
-        "x-api-key" | "api-key" => Some(value.as_str()),
-        _ => None,
-    });
+    let key = req
+        .target
+        .headers
+        .iter()
+        .find_map(|(name, value)| match *name {
+            "authorization" => Some(value.strip_prefix("Bearer ").unwrap_or(value)),
+            "x-api-key" | "api-key" => Some(value.as_str()),
+            _ => None,
+        });
     match key {
         Some(key) => ApiKey::new(key).redact(message),
         None => message.to_string(),
@@ -135,11 +139,18 @@ async fn attempt(
     on_delta: &mut impl FnMut(&str),
 ) -> Result<Success, AttemptError> {
     let started = Instant::now();
-    let mut builder = client.post(&req.url).body(req.body.clone());
-    for (name, value) in &req.headers {
-        builder = builder.header(*name, value.as_str());
-    }
-    let response = builder.send().await.map_err(|e| request_error(&e, None))?;
+    // The URL and headers are parsed once per run, the body is shared, not copied.
+    let (url, headers) = req
+        .target
+        .http()
+        .map_err(|message| AttemptError::new(ErrorType::BadRequest, None, message))?;
+    let response = client
+        .post(url.clone())
+        .headers(headers.clone())
+        .body(req.body.clone())
+        .send()
+        .await
+        .map_err(|e| request_error(&e, None))?;
     let status = response.status().as_u16();
     *status_out = Some(status);
 
@@ -606,6 +617,51 @@ mod tests {
             .expect_err("closed");
         assert_eq!((err.kind, err.http_status), (ErrorType::Connection, None));
         assert!(!err.message.contains(KEY));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_url_or_key_fails_without_sending_or_echoing_the_key() {
+        let params = RequestParams {
+            model: "m".into(),
+            ..RequestParams::default()
+        };
+        let messages = [Message {
+            role: "user".into(),
+            content: serde_json::json!("hi"),
+        }];
+        let client = build_client(1);
+        for (base, key, says) in [
+            (
+                "http://127.0.0.1:9/v1",
+                "sk-bad\nkey-123",
+                "invalid value for header authorization",
+            ),
+            (
+                "no scheme here",
+                KEY,
+                "invalid URL no scheme here/chat/completions",
+            ),
+        ] {
+            let req = prepare(
+                ProviderKind::OpenAi,
+                base,
+                &ApiKey::new(key),
+                &params,
+                &messages,
+            );
+            let err = send(
+                &client,
+                ProviderKind::OpenAi,
+                &req,
+                false,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect_err("unusable");
+            assert_eq!((err.kind, err.http_status), (ErrorType::BadRequest, None));
+            assert!(err.message.starts_with(says), "{}", err.message);
+            assert!(!err.message.contains("sk-bad") && !err.message.contains(KEY));
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Anthropic Messages wire format: request body, JSON response and streamed events.
 
 use super::raw::RawMessages;
+use super::Target;
 use super::{
     describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
     PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage, DEFAULT_MAX_TOKENS,
@@ -9,6 +10,7 @@ use crate::retry::ErrorType;
 use crate::secret::ApiKey;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The API version the request and event shapes below follow.
 pub const API_VERSION: &str = "2023-06-01";
@@ -35,8 +37,7 @@ pub(crate) fn is_system_role(role: &str) -> bool {
 /// top-level `system`; `max_tokens`, required by the API, defaults to [`DEFAULT_MAX_TOKENS`].
 /// Other messages and their content (string or content blocks) are passed through as given.
 pub fn prepare(
-    base: &str,
-    key: &ApiKey,
+    target: &Arc<Target>,
     params: &RequestParams,
     messages: &[Message],
 ) -> PreparedRequest {
@@ -61,27 +62,37 @@ pub fn prepare(
         1 => system_parts.pop(),
         _ => Some(Cow::Owned(system_parts.join("\n\n"))),
     };
-    request(base, key, params, system, out)
+    request(target, params, system, out)
+}
+
+/// `{base}/v1/messages` with `x-api-key` and `anthropic-version`.
+pub fn target(base: &str, key: &ApiKey) -> Target {
+    Target::new(
+        format!("{}/v1/messages", base.trim_end_matches('/')),
+        vec![
+            ("x-api-key", key.expose().to_string()),
+            ("anthropic-version", API_VERSION.to_string()),
+            ("content-type", "application/json".to_string()),
+        ],
+    )
 }
 
 /// [`prepare`] for messages kept as JSON text: written into the body as they are, unless a
 /// system message among them has to move to the top-level `system`.
 pub fn prepare_raw(
-    base: &str,
-    key: &ApiKey,
+    target: &Arc<Target>,
     params: &RequestParams,
     messages: &RawMessages,
 ) -> PreparedRequest {
     if messages.has_system {
-        return prepare(base, key, params, &messages.parsed());
+        return prepare(target, params, &messages.parsed());
     }
     let system = params.system.as_deref().map(Cow::Borrowed);
-    request(base, key, params, system, messages.json())
+    request(target, params, system, messages.json())
 }
 
 fn request<M: Serialize>(
-    base: &str,
-    key: &ApiKey,
+    target: &Arc<Target>,
     params: &RequestParams,
     system: Option<Cow<'_, str>>,
     messages: M,
@@ -95,14 +106,9 @@ fn request<M: Serialize>(
         stream: params.stream,
     };
     PreparedRequest {
-        url: format!("{}/v1/messages", base.trim_end_matches('/')),
-        headers: vec![
-            ("x-api-key", key.expose().to_string()),
-            ("anthropic-version", API_VERSION.to_string()),
-            ("content-type", "application/json".to_string()),
-        ],
+        target: Arc::clone(target),
         // Serializing borrowed strings and JSON values cannot fail.
-        body: serde_json::to_vec(&body).unwrap_or_default(),
+        body: serde_json::to_vec(&body).unwrap_or_default().into(),
     }
 }
 
@@ -379,15 +385,16 @@ mod tests {
             message("assistant", json!("salut")),
             message("user", json!([{"type": "text", "text": "again"}])),
         ];
-        let req = prepare(
+        let req = crate::provider::prepare(
+            crate::provider::ProviderKind::Anthropic,
             "https://api.anthropic.com/",
             &ApiKey::new("sk-ant-x"),
             &params,
             &messages,
         );
-        assert_eq!(req.url, "https://api.anthropic.com/v1/messages");
+        assert_eq!(req.target.url, "https://api.anthropic.com/v1/messages");
         assert_eq!(
-            req.headers,
+            req.target.headers,
             vec![
                 ("x-api-key", "sk-ant-x".to_string()),
                 ("anthropic-version", "2023-06-01".to_string()),
@@ -419,7 +426,8 @@ mod tests {
             max_tokens: Some(10),
             ..RequestParams::default()
         };
-        let req = prepare(
+        let req = crate::provider::prepare(
+            crate::provider::ProviderKind::Anthropic,
             "http://h",
             &ApiKey::new("k"),
             &params,

@@ -10,9 +10,12 @@ pub mod raw;
 
 use crate::retry::ErrorType;
 use crate::secret::ApiKey;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 /// Which wire format a run speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -50,12 +53,56 @@ pub struct Message {
     pub content: serde_json::Value,
 }
 
-/// A request ready to send: URL, headers (key included) and the JSON body bytes.
+/// A request ready to send: where it goes (shared by a run's rows) and the JSON body bytes.
 #[derive(Clone)]
 pub struct PreparedRequest {
+    pub target: Arc<Target>,
+    pub body: Bytes,
+}
+
+/// Where a run's requests go and the headers they carry (the key among them): the same for
+/// every row, so built once per run rather than per request.
+pub struct Target {
     pub url: String,
     pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    /// `url` parsed and `headers` validated, as the HTTP client takes them; made on first use.
+    http: OnceLock<Result<(reqwest::Url, HeaderMap), String>>,
+}
+
+impl Target {
+    pub fn new(url: String, headers: Vec<(&'static str, String)>) -> Self {
+        Self {
+            url,
+            headers,
+            http: OnceLock::new(),
+        }
+    }
+
+    /// The URL and headers for reqwest, or why they are unusable (never a header's value).
+    pub fn http(&self) -> Result<&(reqwest::Url, HeaderMap), &str> {
+        self.http
+            .get_or_init(|| {
+                let url = reqwest::Url::parse(&self.url)
+                    .map_err(|e| format!("invalid URL {}: {e}", self.url))?;
+                let mut headers = HeaderMap::with_capacity(self.headers.len());
+                for (name, value) in &self.headers {
+                    let value = HeaderValue::from_str(value)
+                        .map_err(|_| format!("invalid value for header {name}"))?;
+                    headers.insert(HeaderName::from_static(name), value);
+                }
+                Ok((url, headers))
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
+/// The [`Target`] of a run's requests.
+pub fn target(kind: ProviderKind, base: &str, key: &ApiKey) -> Arc<Target> {
+    Arc::new(match kind {
+        ProviderKind::OpenAi => openai::target(base, key),
+        ProviderKind::Anthropic => anthropic::target(base, key),
+    })
 }
 
 /// What a successful response (plain or assembled from a stream) carries.
@@ -78,9 +125,18 @@ pub fn prepare(
     params: &RequestParams,
     messages: &[Message],
 ) -> PreparedRequest {
+    prepare_parsed(kind, &target(kind, base, key), params, messages)
+}
+
+fn prepare_parsed(
+    kind: ProviderKind,
+    target: &Arc<Target>,
+    params: &RequestParams,
+    messages: &[Message],
+) -> PreparedRequest {
     match kind {
-        ProviderKind::OpenAi => openai::prepare(base, key, params, messages),
-        ProviderKind::Anthropic => anthropic::prepare(base, key, params, messages),
+        ProviderKind::OpenAi => openai::prepare(target, params, messages),
+        ProviderKind::Anthropic => anthropic::prepare(target, params, messages),
     }
 }
 
@@ -104,16 +160,15 @@ impl Messages {
 /// [`prepare`] for a row's [`Messages`]; text messages go into the body as they are.
 pub fn prepare_row(
     kind: ProviderKind,
-    base: &str,
-    key: &ApiKey,
+    target: &Arc<Target>,
     params: &RequestParams,
     messages: &Messages,
 ) -> PreparedRequest {
     match (messages, kind) {
-        (Messages::Parsed(messages), _) => prepare(kind, base, key, params, messages),
-        (Messages::Json(raw), ProviderKind::OpenAi) => openai::prepare_raw(base, key, params, raw),
+        (Messages::Parsed(messages), _) => prepare_parsed(kind, target, params, messages),
+        (Messages::Json(raw), ProviderKind::OpenAi) => openai::prepare_raw(target, params, raw),
         (Messages::Json(raw), ProviderKind::Anthropic) => {
-            anthropic::prepare_raw(base, key, params, raw)
+            anthropic::prepare_raw(target, params, raw)
         }
     }
 }

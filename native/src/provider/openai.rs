@@ -1,6 +1,7 @@
 //! OpenAI Chat Completions wire format: request body, JSON response and streamed chunks.
 
 use super::raw::RawMessages;
+use super::Target;
 use super::{
     describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
     PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage,
@@ -9,6 +10,7 @@ use crate::retry::ErrorType;
 use crate::secret::ApiKey;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::sync::Arc;
 
 #[derive(Serialize)]
 struct Body<'a, M> {
@@ -32,8 +34,7 @@ struct StreamOptions {
 /// run's system prompt prepended as a `system` message and `stream_options.include_usage` set
 /// when streaming so the last chunk carries token counts.
 pub fn prepare(
-    base: &str,
-    key: &ApiKey,
+    target: &Arc<Target>,
     params: &RequestParams,
     messages: &[Message],
 ) -> PreparedRequest {
@@ -48,28 +49,37 @@ pub fn prepare(
         role: &m.role,
         content: Content::Json(&m.content),
     }));
-    request(base, key, params, out)
+    request(target, params, out)
+}
+
+/// `{base}/chat/completions` with `Authorization: Bearer`.
+pub fn target(base: &str, key: &ApiKey) -> Target {
+    Target::new(
+        format!("{}/chat/completions", base.trim_end_matches('/')),
+        vec![
+            ("authorization", format!("Bearer {}", key.expose())),
+            ("content-type", "application/json".to_string()),
+        ],
+    )
 }
 
 /// [`prepare`] for messages kept as JSON text: written into the body as they are.
 pub fn prepare_raw(
-    base: &str,
-    key: &ApiKey,
+    target: &Arc<Target>,
     params: &RequestParams,
     messages: &RawMessages,
 ) -> PreparedRequest {
     match params.system.as_deref() {
-        None => request(base, key, params, messages.json()),
+        None => request(target, params, messages.json()),
         Some(system) => match messages.with_system(system) {
-            Some(with_system) => request(base, key, params, &*with_system),
-            None => prepare(base, key, params, &messages.parsed()),
+            Some(with_system) => request(target, params, &*with_system),
+            None => prepare(target, params, &messages.parsed()),
         },
     }
 }
 
 fn request<M: Serialize>(
-    base: &str,
-    key: &ApiKey,
+    target: &Arc<Target>,
     params: &RequestParams,
     messages: M,
 ) -> PreparedRequest {
@@ -84,13 +94,9 @@ fn request<M: Serialize>(
         }),
     };
     PreparedRequest {
-        url: format!("{}/chat/completions", base.trim_end_matches('/')),
-        headers: vec![
-            ("authorization", format!("Bearer {}", key.expose())),
-            ("content-type", "application/json".to_string()),
-        ],
+        target: Arc::clone(target),
         // Serializing borrowed strings and JSON values cannot fail.
-        body: serde_json::to_vec(&body).unwrap_or_default(),
+        body: serde_json::to_vec(&body).unwrap_or_default().into(),
     }
 }
 
@@ -294,10 +300,16 @@ mod tests {
     #[test]
     fn prepare_builds_the_sdk_request() {
         let key = ApiKey::new("sk-test-key");
-        let req = prepare("http://h/v1/", &key, &params(false), &[user("hi")]);
-        assert_eq!(req.url, "http://h/v1/chat/completions");
+        let req = crate::provider::prepare(
+            crate::provider::ProviderKind::OpenAi,
+            "http://h/v1/",
+            &key,
+            &params(false),
+            &[user("hi")],
+        );
+        assert_eq!(req.target.url, "http://h/v1/chat/completions");
         assert_eq!(
-            req.headers,
+            req.target.headers,
             vec![
                 ("authorization", "Bearer sk-test-key".to_string()),
                 ("content-type", "application/json".to_string())
@@ -329,7 +341,13 @@ mod tests {
             role: "user".into(),
             content: parts.clone(),
         }];
-        let req = prepare("http://h/v1", &ApiKey::new("k"), &p, &messages);
+        let req = crate::provider::prepare(
+            crate::provider::ProviderKind::OpenAi,
+            "http://h/v1",
+            &ApiKey::new("k"),
+            &p,
+            &messages,
+        );
         let body: Value = serde_json::from_slice(&req.body).expect("json body");
         assert_eq!(
             body,
