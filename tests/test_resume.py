@@ -15,6 +15,8 @@ import polars as pl
 import pytest
 from e2e import base_for, cli, expected_reply, mock, read_output, spawn, stats, write_jsonl
 
+from runner.checkpoint import MERGE_PARTS
+
 CONCURRENCY = 32
 
 
@@ -72,9 +74,9 @@ def test_sigkill_at_a_random_moment_then_rerun_completes_with_bounded_resend(tmp
     bound = CONCURRENCY + rows // 100
     print(f"seed {seed}: killed at {moment:.2f}s after {sent_before} requests; re-sent {resent} (bound {bound})")
     assert 0 <= resent <= bound
-    # ~20 ms flushes make many small parts; they are merged as the run goes.
+    # Flushes every 15 rows (0.5 %) make many small parts; past MERGE_PARTS they are merged.
     parts = list((tmp_path / "out.parquet.run" / "parts").glob("part-*.parquet"))
-    assert len(parts) <= 2 * 64, len(parts)
+    assert len(parts) <= 2 * MERGE_PARTS, len(parts)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
