@@ -44,6 +44,7 @@ class Batch:
         self.spec = RequestSpec(template=opts.template, system=opts.system, id_column=opts.id_column)
         self.lanes = opts.lanes()
         self.run_id = uuid.uuid4().hex[:12]
+        self.schemas: dict[Path, list[Any]] = {}
 
     # -- preflight -------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class Batch:
 
     def run(self) -> int:
         summary_scan = scan(self.paths, self.spec)
+        self.schemas = summary_scan.schemas  # the feeders read the input again with these types
         total = summary_scan.rows if self.opts.limit is None else min(summary_scan.rows, self.opts.limit)
         if self.opts.dry_run:
             return self.dry_run(total)
@@ -186,7 +188,10 @@ class Batch:
         if len(self.lanes) == 1:  # a matrix's rows finish lane by lane out of order: it compacts
             run_dir.stream_output(grand_total)
         cache = self._open_cache()
-        lanes = [LaneRun(lane, o, self.paths, self.spec, total, ep, self.run_id, cache) for lane, ep in zip(self.lanes, endpoints)]
+        lanes = [
+            LaneRun(lane, o, self.paths, self.spec, total, ep, self.run_id, cache, self.schemas)
+            for lane, ep in zip(self.lanes, endpoints)
+        ]
         for lane in lanes:
             lane.start(settled)
         # One endpoint shows one executor: the first model's (a matrix's others are in the summary).

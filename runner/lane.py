@@ -65,8 +65,10 @@ class LaneRun:
         ep: Endpoint,
         run_id: str,
         cache: ResponseCache | None,
+        schemas: dict[Path, list[Any]] | None = None,
     ) -> None:
         self.lane = lane
+        self.schemas = schemas  # the chunk types the preflight scan found
         self.opts = opts
         self.paths = paths
         self.spec = spec
@@ -131,7 +133,7 @@ class LaneRun:
 
         position = 0
         try:
-            for chunk in iter_chunks(self.paths):
+            for chunk in iter_chunks(self.paths, schemas=self.schemas):
                 if position >= self.total:
                     break
                 table = chunk.table.slice(0, self.total - position)

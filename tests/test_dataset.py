@@ -306,3 +306,23 @@ def test_corrupt_gzip_is_an_input_error(tmp_path: Path) -> None:
     path.write_bytes(b"not gzip")
     with pytest.raises(InputError, match=r"d\.jsonl\.gz:1: cannot read"):
         list(iter_chunks([path]))
+
+
+def test_reading_again_with_the_scans_types_gives_the_same_chunks(tmp_path: Path) -> None:
+    lines = []
+    for i in range(40):
+        row: dict = {"prompt": f"q{i} 数据", "n": i if i % 3 else i + 0.5, "tags": [f"t{i}"] * (i % 3)}
+        if i % 4 == 0:
+            row["meta"] = {"k": i, "s": None if i % 8 else "x"}
+        if i % 5 == 0:
+            row["late"] = None
+        lines.append(json.dumps(row))
+    lines[17:17] = ["", "   "]  # blank lines inside a chunk
+    path = write_lines(tmp_path / "d.jsonl", lines)
+    summary = scan([path], RequestSpec(), chunk_rows=7)
+    assert len(summary.schemas[path]) == 6
+    fresh = list(iter_chunks([path], chunk_rows=7))
+    again = list(iter_chunks([path], chunk_rows=7, schemas=summary.schemas))
+    assert [c.table for c in again] == [c.table for c in fresh]
+    assert [c.table.schema for c in again] == [c.table.schema for c in fresh]
+    assert [(c.first_line, c.row_lines) for c in again] == [(c.first_line, c.row_lines) for c in fresh]
