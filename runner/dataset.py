@@ -7,7 +7,9 @@ import gzip
 import io
 import json
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
@@ -127,14 +129,18 @@ def resolve_inputs(spec: str) -> list[Path]:
 
 
 def iter_chunks(
-    paths: Iterable[Path], chunk_rows: int = 8192, schemas: Mapping[Path, Sequence[pl.Schema | None]] | None = None
+    paths: Iterable[Path],
+    chunk_rows: int = 8192,
+    schemas: Mapping[Path, Sequence[pl.Schema | None]] | None = None,
+    ahead: int = 0,
 ) -> Iterator[Chunk]:
     """Yield every row of ``paths`` as chunks of at most ``chunk_rows`` rows, in order.
 
     Memory stays bounded by one chunk however large a file is. JSONL blank lines are skipped
     (line numbers still count them); a bad line raises InputError ``file:LINE: ...``.
     ``schemas`` are the chunk types a :func:`scan` of the same files found: the JSONL chunks
-    are then read with them instead of inferring them again (100k rows: 0.16 s -> 0.05 s).
+    are then read with them instead of inferring them again (100k rows: 0.14 s -> 0.07 s).
+    ``ahead`` JSONL chunks are parsed on threads while the caller works on the current one.
     """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be >= 1")
@@ -143,7 +149,7 @@ def iter_chunks(
         if path.name.endswith(".parquet"):
             yield from _parquet_chunks(path, chunk_rows)
         else:
-            yield from _jsonl_chunks(path, chunk_rows, (schemas or {}).get(path, ()))
+            yield from _jsonl_chunks(path, chunk_rows, (schemas or {}).get(path, ()), ahead)
 
 
 def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[Chunk]:
@@ -171,9 +177,38 @@ def _open_binary(path: Path) -> IO[bytes]:
         raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from exc
 
 
-def _jsonl_chunks(path: Path, chunk_rows: int, schemas: Sequence[pl.Schema | None]) -> Iterator[Chunk]:
+def _jsonl_chunks(
+    path: Path, chunk_rows: int, schemas: Sequence[pl.Schema | None], ahead: int = 0
+) -> Iterator[Chunk]:
+    def parse(index: int, block: tuple[list[bytes], list[int], bool]) -> Chunk:
+        rows, lines, contiguous = block
+        known = schemas[index] if index < len(schemas) else None
+        table, schema = _parse_block(path, rows, lines, known)
+        return Chunk(table, path, lines[0], None if contiguous else lines, schema)
+
+    blocks = _jsonl_blocks(path, chunk_rows)
+    if not ahead:
+        for index, block in enumerate(blocks):
+            yield parse(index, block)
+        return
+    # polars parses without the GIL: `ahead` blocks are parsed on threads while this one reads
+    # lines and the caller checks chunks. Chunks (and errors) still come in file order.
+    with ThreadPoolExecutor(ahead, thread_name_prefix="parse") as pool:
+        pending: deque[Future[Chunk]] = deque()
+        try:
+            for index, block in enumerate(blocks):
+                pending.append(pool.submit(parse, index, block))
+                if len(pending) > ahead:
+                    yield pending.popleft().result()
+        finally:  # a read error after them: the blocks before it come (or fail) first
+            while pending:
+                yield pending.popleft().result()
+
+
+def _jsonl_blocks(path: Path, chunk_rows: int) -> Iterator[tuple[list[bytes], list[int], bool]]:
+    """A file's non-blank lines, chunk_rows at a time, with their line numbers and whether
+    they are consecutive."""
     line_no = 0  # lines consumed so far
-    index = 0  # chunks yielded so far
     with _open_binary(path) as fh:
         while True:
             try:
@@ -198,10 +233,7 @@ def _jsonl_chunks(path: Path, chunk_rows: int, schemas: Sequence[pl.Schema | Non
                 raise InputError(f"{path}:{line_no + 1}: cannot read: {exc}") from exc
             if not rows:
                 return
-            known = schemas[index] if index < len(schemas) else None
-            table, schema = _parse_block(path, rows, lines, known)
-            yield Chunk(table, path, lines[0], None if contiguous else lines, schema)
-            index += 1
+            yield rows, lines, contiguous
 
 
 def _parse_block(
@@ -320,6 +352,10 @@ def _json_columns(table: pa.Table, names: set[str]) -> pa.Table:
     return table
 
 
+#: Chunks the preflight scan parses ahead on threads (100k rows: 0.20 s -> 0.15 s on 2 cores).
+SCAN_AHEAD = 2
+
+
 def scan(paths: Sequence[Path], request: RequestSpec, chunk_rows: int = 8192) -> ScanSummary:
     """Preflight: read everything once and check it can be sent, before anything is sent.
 
@@ -337,7 +373,7 @@ def scan(paths: Sequence[Path], request: RequestSpec, chunk_rows: int = 8192) ->
     total = 0
     for path in files:
         renderer = None
-        for chunk in iter_chunks([path], chunk_rows):
+        for chunk in iter_chunks([path], chunk_rows, ahead=SCAN_AHEAD):
             schemas.setdefault(path, []).append(chunk.schema)
             columns.update(dict.fromkeys(chunk.table.column_names))
             if renderer is None:

@@ -326,3 +326,26 @@ def test_reading_again_with_the_scans_types_gives_the_same_chunks(tmp_path: Path
     assert [c.table for c in again] == [c.table for c in fresh]
     assert [c.table.schema for c in again] == [c.table.schema for c in fresh]
     assert [(c.first_line, c.row_lines) for c in again] == [(c.first_line, c.row_lines) for c in fresh]
+
+
+def test_chunks_parsed_ahead_on_threads_come_in_order_and_so_do_their_errors(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", rows(50))
+    assert [c.table for c in iter_chunks([path], 4, ahead=2)] == [c.table for c in iter_chunks([path], 4)]
+    lines = [json.dumps(r) for r in rows(50)]
+    lines[13] = "{oops"  # chunk 4 of 4-row chunks
+    lines[30] = "[1]"  # chunk 8: parsed at the same time or earlier on another thread
+    path = write_lines(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(InputError, match=r"bad\.jsonl:14: invalid JSON"):
+        list(iter_chunks([path], 4, ahead=3))
+    # A truncated file with a bad line before the cut, near it or none: the same first error.
+    for bad in (13, 1960, 1994, 1996, None):
+        lines = [json.dumps(r) for r in rows(2000)]
+        if bad is not None:
+            lines[bad] = "{oops"
+        gz = tmp_path / "cut.jsonl.gz"
+        gz.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode())[:-30])
+        with pytest.raises(InputError) as one_by_one:
+            list(iter_chunks([gz], 4))
+        with pytest.raises(InputError) as ahead:
+            list(iter_chunks([gz], 4, ahead=2))
+        assert str(ahead.value) == str(one_by_one.value)
