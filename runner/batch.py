@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import pyarrow.compute as pc
 
-from runner import __version__, endpoint, observability
+from runner import __version__, endpoint, memory, observability
 from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, file_digest, oserror_text
 from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError
@@ -234,6 +234,7 @@ class Batch:
                         for lane in lanes:
                             lane.executor.cancel()
                 self._progress(progress, lanes)
+                memory.trim()
         if write_error is None:
             try:
                 run_dir.flush()

@@ -15,22 +15,9 @@ from typing import Annotated, Optional
 # pyarrow loads, so it is set before anything below imports it.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
+from runner import memory  # noqa: E402 - before the imports below allocate much
 
-def _few_malloc_arenas() -> None:
-    """Caps glibc's malloc at two arenas, as MALLOC_ARENA_MAX=2 would (unless the user set it):
-    with one arena per thread, Arrow buffers freed on one thread leave holes in another's.
-    1,000,000 benchmark rows: peak RSS 260-267 MB instead of 285 MB, in the same time."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX; not glibc (musl): no mallopt, nothing to do
-    except (AttributeError, OSError):
-        pass
-
-
-_few_malloc_arenas()
+memory.few_arenas()
 
 import typer
 

@@ -139,3 +139,14 @@ def test_sigkill_while_streaming_leaves_the_output_directory_clean_and_rerun_com
     assert res.code == 0, res.stderr
     assert pq.read_table(out).column("id").to_pylist() == [str(i) for i in range(rows)]
     assert not stream_tmp(tmp_path)
+
+
+def test_a_slow_run_of_many_small_polls_compacts_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(output_stream, "WINDOW_ROWS", 10)
+    monkeypatch.setattr(output_stream, "HOLD_TABLES", 8)
+    run_dir = streamed_dir(tmp_path, 30)
+    feed(run_dir, list(range(9)), 1)  # nine polls of one row: more tables than it holds
+    feed(run_dir, list(range(9, 30)), 3)  # windows are full now, but the stream gave up
+    assert not stream_tmp(tmp_path)
+    run_dir.compact({})
+    assert pq.read_table(tmp_path / "out.parquet").column("id").to_pylist() == [str(r) for r in range(30)]

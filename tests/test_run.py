@@ -247,33 +247,3 @@ def test_the_cli_gives_arrow_the_system_allocator_unless_the_user_chose_one() ->
                           capture_output=True, text=True, check=True)
     assert kept.stdout.strip() == "mimalloc"
 
-
-ARENAS = """
-import ctypes, os, sys, tempfile, threading
-import runner.cli
-barrier = threading.Barrier(8)
-def work():
-    held = [bytearray(300_000) for _ in range(4)]  # malloc'ed in this thread's arena
-    barrier.wait()
-threads = [threading.Thread(target=work) for _ in range(8)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-libc = ctypes.CDLL(None)
-libc.fdopen.restype = ctypes.c_void_p
-fd, path = tempfile.mkstemp()
-fp = libc.fdopen(fd, b"w")
-libc.malloc_info(0, ctypes.c_void_p(fp))
-libc.fflush(ctypes.c_void_p(fp))
-print(open(path).read().count("<heap nr="))
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
-def test_the_cli_caps_malloc_arenas_unless_the_user_chose_a_number() -> None:
-    def arenas(**env: str) -> int:
-        base = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-        return int(subprocess.run([sys.executable, "-c", ARENAS], env={**base, **env}, capture_output=True,
-                                  text=True, check=True).stdout)
-
-    assert arenas() <= 2
-    assert arenas(MALLOC_ARENA_MAX="8") > 2  # threads get arenas of their own without the cap
