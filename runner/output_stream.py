@@ -5,10 +5,9 @@ next unwritten one on are complete for a window, then appends those rows, sorted
 output's temporary file as a row group; at the end it writes the footer and renames the file
 into place. Parts are written as always (they are what a crash leaves behind); the stream only
 saves reading them back. It gives up, and the run compacts its parts as before, when it holds
-more than HOLD_ROWS rows waiting for a late one (a row retried for long) or more than HOLD_TABLES
-polls' results (a slow run), when a window's
-columns differ from the first window's, when a write fails, or when the run ends with rows
-missing.
+more than HOLD_ROWS rows waiting for a late one (a row retried for long) or more than
+HOLD_TABLES polls' results (a slow run), when a window's columns differ from the first
+window's, when a write fails, or when the run ends with rows missing.
 """
 
 from __future__ import annotations
