@@ -65,12 +65,22 @@ def run_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".run")
 
 
-def fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def put_in_place(fh: BinaryIO, tmp: Path, dest: Path) -> None:
+    """Makes the temporary file `tmp` (open as `fh`) durable, closes it and renames it to
+    `dest`, then makes the rename durable."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
 
 
 @contextlib.contextmanager
@@ -81,12 +91,9 @@ def atomic_file(dest: Path) -> Iterator[BinaryIO]:
     try:
         with open(tmp, "wb") as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
+            put_in_place(fh, tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(dest.parent)
 
 
 def write_atomic(table: pa.Table, dest: Path, **options: Any) -> None:

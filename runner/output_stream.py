@@ -13,7 +13,6 @@ window's, when a write fails, or when the run ends with rows missing.
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from runner.checkpoint import OUTPUT_OPTIONS, SUMMARY_COLUMNS, fsync_dir
+from runner.checkpoint import OUTPUT_OPTIONS, SUMMARY_COLUMNS, put_in_place
 
 #: Rows are written once this many have arrived since the last try.
 WINDOW_ROWS = 10_000
@@ -79,11 +78,7 @@ class OutputStream:
                 {**metadata, b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes())}
             )
             self._writer.close()
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            os.replace(self.tmp, self.output)
-            fsync_dir(self.output.parent)
+            put_in_place(self._fh, self.tmp, self.output)
         except OSError:
             self.abort()
             return None
