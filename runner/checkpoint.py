@@ -52,9 +52,6 @@ MERGE_PARTS = 256
 STREAM_TMP = ".output-{}.tmp"
 #: Parts with fewer rows than this count as small.
 SMALL_PART_ROWS = 5_000
-#: Small parts are also kept in memory, up to this many rows in all, so merging them does not
-#: read them back (64 parts of 500 rows: 0.2 s of the run loop's time when read back).
-KEEP_SMALL_ROWS = 40_000
 
 
 class OutputError(RunnerError):
@@ -140,9 +137,8 @@ class RunDir:
         self._last_flush = time.monotonic()
         self._next_part = 1
         self._lock_fd: int | None = None
-        #: Small parts this process wrote (only its own: their rows appear in no later part),
-        #: with their rows while those fit in KEEP_SMALL_ROWS.
-        self._small: list[tuple[Path, pa.Table | None]] = []
+        #: Small parts this process wrote (only its own: their rows appear in no later part).
+        self._small: list[Path] = []
         self._stream: OutputStream | None = None
 
     # -- the run's record ------------------------------------------------------------------
@@ -311,18 +307,15 @@ class RunDir:
             raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
         self._next_part += 1
         if table.num_rows < SMALL_PART_ROWS:
-            kept = sum(t.num_rows for _, t in self._small if t is not None)
-            self._small.append((dest, table if kept + table.num_rows <= KEEP_SMALL_ROWS else None))
+            self._small.append(dest)
 
     def _merge_small(self) -> None:
         """Replaces this process's small parts by one. The merged part is written (with a
         higher number) before the small ones go, so a crash in between only duplicates rows,
         and the duplicates hold the same results."""
         small, self._small = self._small, []
-        tables = [pq.ParquetFile(path).read() if table is None else table for path, table in small]
-        self._write_part(concat_rows(tables))
-        del tables
-        for path, _ in small:
+        self._write_part(concat_rows([pq.ParquetFile(path).read() for path in small]))
+        for path in small:
             path.unlink(missing_ok=True)
 
     def compact(self, metadata: dict[bytes, bytes]) -> pa.Table:

@@ -52,9 +52,8 @@ def test_compaction_across_windows_keeps_the_latest_result_in_row_order(tmp_path
     assert summary.num_rows == 50 and summary.column("status").to_pylist() == expected
 
 
-def test_small_parts_are_merged_whether_kept_in_memory_or_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_parts_are_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checkpoint, "MERGE_PARTS", 8)
-    monkeypatch.setattr(checkpoint, "KEEP_SMALL_ROWS", 25)  # the first 5 parts stay in memory, the rest are read back
     run_dir = RunDir(tmp_path / "out.parquet")
     run_dir.prepare()
     for start in range(0, 100, 5):
