@@ -44,7 +44,6 @@ class Batch:
         self.spec = RequestSpec(template=opts.template, system=opts.system, id_column=opts.id_column)
         self.lanes = opts.lanes()
         self.run_id = uuid.uuid4().hex[:12]
-        self.schemas: dict[Path, list[Any]] = {}
 
     # -- preflight -------------------------------------------------------------------------
 
@@ -132,7 +131,6 @@ class Batch:
 
     def run(self) -> int:
         summary_scan = scan(self.paths, self.spec)
-        self.schemas = summary_scan.schemas  # the feeders read the input again with these types
         total = summary_scan.rows if self.opts.limit is None else min(summary_scan.rows, self.opts.limit)
         if self.opts.dry_run:
             return self.dry_run(total)
@@ -158,7 +156,8 @@ class Batch:
             run_dir.prepare()
             try:
                 run_dir.write_record(self.record(total, inputs, saved))
-                return self._run(endpoints, run_dir, total)
+                # The feeders read the input again with the types the scan found.
+                return self._run(endpoints, run_dir, total, summary_scan.schemas)
             finally:
                 run_dir.release()
         finally:
@@ -172,7 +171,9 @@ class Batch:
 
         return ResponseCache.open()
 
-    def _run(self, endpoints: list[endpoint.Endpoint], run_dir: RunDir, total: int) -> int:
+    def _run(
+        self, endpoints: list[endpoint.Endpoint], run_dir: RunDir, total: int, schemas: dict[Path, list[Any]]
+    ) -> int:
         o = self.opts
         # Never hold back more than 0.5 % of the rows (nor a second's worth) unwritten.
         run_dir.flush_rows = min(FLUSH_ROWS, max(1, total * len(self.lanes) // 200))
@@ -189,7 +190,7 @@ class Batch:
             run_dir.stream_output(grand_total)
         cache = self._open_cache()
         lanes = [
-            LaneRun(lane, o, self.paths, self.spec, total, ep, self.run_id, cache, self.schemas)
+            LaneRun(lane, o, self.paths, self.spec, total, ep, self.run_id, cache, schemas)
             for lane, ep in zip(self.lanes, endpoints)
         ]
         for lane in lanes:

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-# Arrow buffers of a CLI process come from the C library's allocator (unless the user picks a
-# pool): it hands freed memory back to the system where mimalloc, pyarrow's default, keeps it.
-# 1,000,000 benchmark rows: peak RSS 249 MB instead of 303 MB, for the same CPU. Read once, when
-# pyarrow loads, so it is set before anything below imports it.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+from runner import memory  # before the imports below load pyarrow and allocate
 
-from runner import memory  # noqa: E402 - before the imports below allocate much
-
+memory.arrow_uses_malloc()
 memory.few_arenas()
 
 import typer
