@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import pyarrow.compute as pc
 
 from runner import __version__, endpoint, memory, observability
-from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, file_digest, oserror_text
+from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, digests_in_background, oserror_text
 from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError
 from runner.lane import LaneRun
@@ -130,16 +130,17 @@ class Batch:
     # -- run -------------------------------------------------------------------------------
 
     def run(self) -> int:
+        digests = None if self.opts.dry_run else digests_in_background(self.paths)
         summary_scan = scan(self.paths, self.spec)
         total = summary_scan.rows if self.opts.limit is None else min(summary_scan.rows, self.opts.limit)
-        if self.opts.dry_run:
+        if digests is None:
             return self.dry_run(total)
         run_dir = RunDir(self.opts.output)
         try:
             self.opts.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(f"{self.opts.output}: cannot create its directory: {oserror_text(err)}") from None
-        inputs = [file_digest(p) for p in self.paths]
+        inputs = digests()
         saved = run_dir.record()
         if self.opts.restart:
             if (pid := run_dir.holder()) is not None:

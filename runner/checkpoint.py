@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -118,6 +118,29 @@ def file_digest(path: Path) -> dict[str, Any]:
         while block := fh.read(1 << 20):
             digest.update(block)
     return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def digests_in_background(paths: Sequence[Path]) -> Callable[[], list[dict[str, Any]]]:
+    """Starts hashing `paths` on a thread (hashlib releases the GIL), so that it overlaps the
+    input scan; the returned function waits for the digests, or raises what hashing raised."""
+    done: list[Any] = []
+
+    def work() -> None:
+        try:
+            done.append([file_digest(p) for p in paths])
+        except BaseException as err:  # handed to the caller
+            done.append(err)
+
+    thread = threading.Thread(target=work, name="input-digest", daemon=True)
+    thread.start()
+
+    def result() -> list[dict[str, Any]]:
+        thread.join()
+        if isinstance(done[0], BaseException):
+            raise done[0]
+        return done[0]
+
+    return result
 
 
 def oserror_text(err: OSError) -> str:

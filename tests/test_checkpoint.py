@@ -98,3 +98,16 @@ def test_prefetching_passes_on_errors_and_stops_with_its_consumer() -> None:
             break  # the consumer stops early: the producer must not stay blocked
     assert threading.active_count() == before
     assert len(produced) <= 6
+
+
+def test_input_digests_hash_on_a_thread_and_hand_back_errors(tmp_path: Path) -> None:
+    import hashlib
+
+    files = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    for i, f in enumerate(files):
+        f.write_bytes(b'{"prompt": "x"}\n' * (100_000 + i))
+    digests = checkpoint.digests_in_background(files)()
+    assert [d["sha256"] for d in digests] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert [d["size"] for d in digests] == [f.stat().st_size for f in files]
+    with pytest.raises(FileNotFoundError):
+        checkpoint.digests_in_background([files[0], tmp_path / "gone.jsonl"])()
