@@ -206,7 +206,10 @@ impl Executor {
             for (permit, job) in permits.zip(jobs.by_ref()) {
                 permit.send(job);
             }
-            self.shared.stats.submitted.fetch_add(n as u64, Ordering::Relaxed);
+            self.shared
+                .stats
+                .submitted
+                .fetch_add(n as u64, Ordering::Relaxed);
             left -= n;
         }
         Ok(())
@@ -621,6 +624,9 @@ mod tests {
         let sleeps = feeder.join().unwrap();
         assert_eq!(received, total);
         // 8 batches beyond the queue's first fill; a wake-up per row would be thousands.
-        assert!(sleeps <= 40, "the feeder slept {sleeps} times for {total} rows");
+        assert!(
+            sleeps <= 40,
+            "the feeder slept {sleeps} times for {total} rows"
+        );
     }
 }
