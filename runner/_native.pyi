@@ -77,8 +77,17 @@ class ChunkStream:
 
 @final
 class MetricsServer:
-    def __new__(cls, port: int = 0, executor: Executor | None = None, host: str = "127.0.0.1") -> Self: ...
-    def watch(self, executor: Executor | None = None) -> None: ...
+    def __new__(
+        cls,
+        port: int = 0,
+        executor: Executor | None = None,
+        host: str = "127.0.0.1",
+        *,
+        runs: list[tuple[Executor, list[tuple[str, str]]]] | None = None,
+    ) -> Self: ...
+    def watch(
+        self, executor: Executor | None = None, *, runs: list[tuple[Executor, list[tuple[str, str]]]] | None = None
+    ) -> None: ...
     @property
     def port(self) -> int: ...
     @property

@@ -196,8 +196,9 @@ class Batch:
         ]
         for lane in lanes:
             lane.start(settled)
-        # One endpoint shows one executor: the first model's (a matrix's others are in the summary).
-        metrics_server = observability.start_metrics(o.metrics_port, lanes[0].executor, self.err)
+        metrics_server = observability.start_metrics(
+            o.metrics_port, [(lane.executor, lane.lane.provider, lane.lane.model) for lane in lanes], self.err
+        )
         started = time.monotonic()
         stop = Shutdown([lane.executor for lane in lanes], o.grace_period, self.err)
         write_error: OutputError | None = None

@@ -4,7 +4,7 @@ metrics kept in the output's summary metadata and shown by `status`."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from runner import _native
@@ -31,12 +31,22 @@ def setup_logging(level: str | None, log_format: str = "text") -> bool:
         raise InputError(f"--log-level: {err}") from None
 
 
-def start_metrics(port: int | None, executor: _native.Executor, err: TextIO = sys.stderr) -> _native.MetricsServer | None:
-    """Serves ``executor``'s metrics at ``http://127.0.0.1:PORT/metrics`` (None: no server)."""
+def start_metrics(
+    port: int | None, runs: Sequence[tuple[_native.Executor, str, str]], err: TextIO = sys.stderr
+) -> _native.MetricsServer | None:
+    """Serves the metrics of ``runs`` (executor, provider, model) at
+    ``http://127.0.0.1:PORT/metrics`` (None: no server). Each sample is labelled with its
+    run's provider and model; a matrix that repeats a pair also gets a ``lane`` label."""
     if port is None:
         return None
+    pairs = [(provider, model) for _, provider, model in runs]
+    repeated = len(set(pairs)) < len(pairs)
+    labelled = [
+        (executor, [("provider", provider), ("model", model), *([("lane", str(i))] if repeated else [])])
+        for i, (executor, provider, model) in enumerate(runs)
+    ]
     try:
-        server = _native.MetricsServer(port, executor)
+        server = _native.MetricsServer(port, runs=labelled)
     except _native.NativeError as exc:
         raise InputError(f"--metrics-port: {exc}") from None
     print(f"metrics: {server.url}", file=err)

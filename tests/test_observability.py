@@ -88,14 +88,9 @@ def test_bad_log_options_are_usage_errors(tmp_path: Path) -> None:
     assert res.code == 2 and "--log-format" in res.stderr
 
 
-def test_prometheus_endpoint_answers_during_the_run(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(120)])
-    port = free_port()
-    proc = spawn(
-        "run", str(path), "-o", str(tmp_path / "out.parquet"), "--provider", "mock",
-        "--mock-config", json.dumps({"latency_ms": 60}), "--concurrency", "4", "--metrics-port", str(port),
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
+def scrape_while_running(proc: subprocess.Popen[str], url: str, rows_ok: list[str]) -> tuple[str, bool, str]:
+    """Scrapes `url` until each of the `rows_ok` series (`rows_total` labels) counts a row;
+    returns the body, whether the run was still going then, and the run's stderr."""
     scraped = ""
     deadline = time.monotonic() + 30
     try:
@@ -107,18 +102,53 @@ def test_prometheus_endpoint_answers_during_the_run(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.1)
                 continue
-            ok = [line for line in body.splitlines() if line.startswith('prompt_runner_rows_total{status="ok"}')]
-            if ok and float(ok[0].split()[-1]) > 0:
+            counts = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                      if line.startswith("prompt_runner_rows_total{")}
+            if all(counts.get(f"prompt_runner_rows_total{{{labels}}}", 0) > 0 for labels in rows_ok):
                 scraped = body
                 break
             time.sleep(0.1)
         still_running = proc.poll() is None
     finally:
         _, err = proc.communicate(timeout=60)
+    return scraped, still_running, err
+
+
+def test_prometheus_endpoint_answers_during_the_run(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(120)])
+    port = free_port()
+    proc = spawn(
+        "run", str(path), "-o", str(tmp_path / "out.parquet"), "--provider", "mock", "--model", "m1",
+        "--mock-config", json.dumps({"latency_ms": 60}), "--concurrency", "4", "--metrics-port", str(port),
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    scraped, still_running, err = scrape_while_running(proc, url, ['provider="mock",model="m1",status="ok"'])
     assert scraped, err
     assert still_running
     assert proc.returncode == 0, err
     assert "# TYPE prompt_runner_request_latency_seconds histogram" in scraped
-    assert 'prompt_runner_request_latency_seconds_bucket{le="+Inf"}' in scraped
+    assert 'prompt_runner_request_latency_seconds_bucket{provider="mock",model="m1",le="+Inf"}' in scraped
     assert "prompt_runner_rows_per_second" in scraped and "prompt_runner_in_flight" in scraped
     assert f"metrics: {url}" in err
+
+
+def test_prometheus_endpoint_shows_every_model_of_a_matrix(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q {i}"} for i in range(120)])
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'input = "{path}"\noutput = "{tmp_path / "out.parquet"}"\n'
+        '[[models]]\nprovider = "mock"\nmodel = "small"\nconcurrency = 4\n'
+        '[[models]]\nprovider = "mock"\nmodel = "large"\nconcurrency = 4\n'
+    )
+    port = free_port()
+    proc = spawn("run", "--job", str(job), "--mock-config", json.dumps({"latency_ms": 60}), "--metrics-port", str(port))
+    scraped, still_running, err = scrape_while_running(
+        proc, f"http://127.0.0.1:{port}/metrics",
+        ['provider="mock",model="small",status="ok"', 'provider="mock",model="large",status="ok"'],
+    )
+    assert scraped, err
+    assert still_running
+    assert proc.returncode == 0, err
+    assert scraped.count("# TYPE prompt_runner_rows_total counter") == 1
+    for model in ("small", "large"):
+        assert f'prompt_runner_concurrency{{provider="mock",model="{model}"}} 4' in scraped

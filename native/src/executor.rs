@@ -292,6 +292,26 @@ impl Executor {
         std::sync::Arc::new(move || metrics::render(&shared.stats, shared.limiter.concurrency()))
     }
 
+    /// A renderer of several executors' metrics in one exposition, each sample carrying its
+    /// executor's labels (see [`metrics::labels`]): one endpoint for a model matrix.
+    pub fn labelled_metrics_source(runs: &[(&Executor, String)]) -> MetricsSource {
+        let runs: Vec<(Arc<Shared>, String)> = runs
+            .iter()
+            .map(|(executor, labels)| (executor.shared.clone(), labels.clone()))
+            .collect();
+        std::sync::Arc::new(move || {
+            let views: Vec<metrics::Run<'_>> = runs
+                .iter()
+                .map(|(shared, labels)| metrics::Run {
+                    labels: labels.clone(),
+                    stats: &shared.stats,
+                    concurrency: shared.limiter.concurrency(),
+                })
+                .collect();
+            metrics::render_runs(&views)
+        })
+    }
+
     /// The current adaptive concurrency window.
     pub fn concurrency(&self) -> usize {
         self.shared.limiter.concurrency()

@@ -141,13 +141,91 @@ pub fn rates(stats: &Stats) -> Rates {
 
 /// The run's metrics in the Prometheus text exposition format (version 0.0.4).
 pub fn render(stats: &Stats, concurrency: usize) -> String {
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-        let _ = writeln!(out, "# HELP prompt_runner_{name} {help}");
-        let _ = writeln!(out, "# TYPE prompt_runner_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "prompt_runner_{name}{labels} {value}");
+    render_runs(&[Run {
+        labels: String::new(),
+        stats,
+        concurrency,
+    }])
+}
+
+/// One run's part of an exposition that shows several (a model matrix).
+pub struct Run<'a> {
+    /// Labels put on each of this run's samples, already formatted (see [`labels`]); may be empty.
+    pub labels: String,
+    pub stats: &'a Stats,
+    pub concurrency: usize,
+}
+
+/// Formats `name="value"` pairs for [`Run::labels`], escaping values as Prometheus requires.
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let escape = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let parts: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+        .collect();
+    parts.join(",")
+}
+
+/// Several runs' metrics in one exposition: each family's HELP and TYPE once, then every run's
+/// samples with that run's labels.
+pub fn render_runs(runs: &[Run<'_>]) -> String {
+    let mut out = String::with_capacity(4096 * runs.len().max(1));
+    let all: Vec<Vec<Family>> = runs
+        .iter()
+        .map(|r| families(r.stats, r.concurrency))
+        .collect();
+    let Some(first) = all.first() else {
+        return out;
+    };
+    for (index, family) in first.iter().enumerate() {
+        let name = family.name;
+        let _ = writeln!(out, "# HELP prompt_runner_{name} {}", family.help);
+        let _ = writeln!(out, "# TYPE prompt_runner_{name} {}", family.kind);
+        for (run, families) in runs.iter().zip(&all) {
+            for (key, value) in &families[index].samples {
+                let key = with_labels(key, &run.labels);
+                let _ = writeln!(out, "prompt_runner_{name}{key} {value}");
+            }
         }
+    }
+    out
+}
+
+/// A sample key (`_suffix{own="labels"}`, either part optional) with `extra` labels added first.
+fn with_labels(key: &str, extra: &str) -> String {
+    if extra.is_empty() {
+        return key.to_string();
+    }
+    match key.split_once('{') {
+        Some((suffix, own)) => format!("{suffix}{{{extra},{own}"),
+        None => format!("{key}{{{extra}}}"),
+    }
+}
+
+/// One metric family of one run: samples as (suffix and labels, value).
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+fn families(stats: &Stats, concurrency: usize) -> Vec<Family> {
+    let mut out = Vec::with_capacity(12);
+    let mut metric = |name: &'static str,
+                      kind: &'static str,
+                      help: &'static str,
+                      samples: &[(String, String)]| {
+        out.push(Family {
+            name,
+            kind,
+            help,
+            samples: samples.to_vec(),
+        });
     };
     let count = |n: &AtomicU64| n.load(Relaxed).to_string();
     let one = |value: String| vec![(String::new(), value)];
@@ -403,6 +481,47 @@ mod tests {
             let value = line.rsplit(' ').next().unwrap_or_default();
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn runs_of_a_matrix_share_one_exposition_told_apart_by_labels() {
+        let (a, b) = (Stats::default(), Stats::default());
+        a.ok.fetch_add(2, Relaxed);
+        b.ok.fetch_add(5, Relaxed);
+        b.latency.observe(Duration::from_millis(80));
+        let text = render_runs(&[
+            Run {
+                labels: labels(&[("provider", "openai"), ("model", "gpt-a")]),
+                stats: &a,
+                concurrency: 4,
+            },
+            Run {
+                labels: labels(&[("provider", "anthropic"), ("model", "say \"b\"\\\n")]),
+                stats: &b,
+                concurrency: 9,
+            },
+        ]);
+        let b_labels = r#"provider="anthropic",model="say \"b\"\\\n""#;
+        for line in [
+            r#"prompt_runner_rows_total{provider="openai",model="gpt-a",status="ok"} 2"#
+                .to_string(),
+            format!(r#"prompt_runner_rows_total{{{b_labels},status="ok"}} 5"#),
+            r#"prompt_runner_concurrency{provider="openai",model="gpt-a"} 4"#.to_string(),
+            format!(r#"prompt_runner_concurrency{{{b_labels}}} 9"#),
+            format!(r#"prompt_runner_request_latency_seconds_bucket{{{b_labels},le="0.1"}} 1"#),
+            format!(r#"prompt_runner_request_latency_seconds_count{{{b_labels}}} 1"#),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("# TYPE prompt_runner_rows_total counter")
+                .count(),
+            1
+        );
+        assert_eq!(render_runs(&[]), "");
     }
 
     #[test]

@@ -488,31 +488,59 @@ struct MetricsServer {
     inner: NativeMetricsServer,
 }
 
+fn labelled_source(
+    runs: &[(PyRef<'_, Executor>, Vec<(String, String)>)],
+) -> metrics::MetricsSource {
+    let runs: Vec<(&NativeExecutor, String)> = runs
+        .iter()
+        .map(|(executor, pairs)| {
+            let pairs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            (&executor.inner, metrics::labels(&pairs))
+        })
+        .collect();
+    NativeExecutor::labelled_metrics_source(&runs)
+}
+
 #[pymethods]
 impl MetricsServer {
     #[new]
-    #[pyo3(signature = (port = 0, executor = None, host = "127.0.0.1"))]
+    #[pyo3(signature = (port = 0, executor = None, host = "127.0.0.1", *, runs = None))]
     fn new(
         py: Python<'_>,
         port: u16,
         executor: Option<PyRef<'_, Executor>>,
         host: &str,
+        runs: Option<Vec<(PyRef<'_, Executor>, Vec<(String, String)>)>>,
     ) -> PyResult<Self> {
         let addr = format!("{host}:{port}")
             .parse()
             .map_err(|e| ConfigError::new_err(format!("metrics address {host}:{port}: {e}")))?;
-        let source = executor.map(|e| e.inner.metrics_source());
+        let source = match runs {
+            Some(runs) => Some(labelled_source(&runs)),
+            None => executor.map(|e| e.inner.metrics_source()),
+        };
         let inner = py
             .detach(|| NativeMetricsServer::start(addr, source))
             .map_err(|e| NativeError::new_err(format!("metrics server on {host}:{port}: {e}")))?;
         Ok(Self { inner })
     }
 
-    /// Serves `executor`'s metrics from now on (`None`: only `prompt_runner_up`).
-    #[pyo3(signature = (executor = None))]
-    fn watch(&self, executor: Option<PyRef<'_, Executor>>) {
-        self.inner
-            .set_source(executor.map(|e| e.inner.metrics_source()));
+    /// Serves `executor`'s metrics from now on (`None`: only `prompt_runner_up`); or, with
+    /// `runs=[(executor, [(label, value), ...]), ...]`, several executors' in one exposition,
+    /// each sample labelled with its executor's labels.
+    #[pyo3(signature = (executor = None, *, runs = None))]
+    fn watch(
+        &self,
+        executor: Option<PyRef<'_, Executor>>,
+        runs: Option<Vec<(PyRef<'_, Executor>, Vec<(String, String)>)>>,
+    ) {
+        self.inner.set_source(match runs {
+            Some(runs) => Some(labelled_source(&runs)),
+            None => executor.map(|e| e.inner.metrics_source()),
+        });
     }
 
     #[getter]
