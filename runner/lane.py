@@ -139,11 +139,14 @@ class LaneRun:
                 table = chunk.table.slice(0, self.total - position)
                 renderer = self.renderer(chunk.path, table)
                 ids = pa.array(renderer.ids(table, position, chunk), pa.string())
-                payloads = renderer.render(table, chunk)
+                payloads = renderer.render_array(table, chunk)
                 start = self.offset + position
-                wanted = [i for i in range(table.num_rows) if start + i not in skip]
-                self.inflight.add(start, table, ids, len(wanted))
-                self._submit([start + i for i in wanted], [payloads[i] for i in wanted])
+                rows = pa.array(range(start, start + table.num_rows), pa.int64())
+                if skip:
+                    wanted = pa.array([start + i not in skip for i in range(table.num_rows)], pa.bool_())
+                    rows, payloads = rows.filter(wanted), payloads.filter(wanted)
+                self.inflight.add(start, table, ids, len(rows))
+                self._submit(rows, payloads)
                 position += table.num_rows
         except RunStopped:
             pass
@@ -153,23 +156,26 @@ class LaneRun:
         finally:
             self.executor.close_input()
 
-    def _submit(self, rows: list[int], payloads: list[str]) -> None:
-        if not rows:
+    def _submit(self, row_array: pa.Array, payload_array: pa.Array) -> None:
+        if not len(row_array):
             return
-        if self.cache is not None:
-            o = self.opts
-            keys = cache_keys(self.lane.provider, self.ep.api_base if self.lane.provider != "mock" else None,
-                              self.lane.model, payloads, o.system, o.temperature, o.max_tokens)
-            found = self.cache.lookup(keys)
-            if found:
-                self.hits.put(hits_chunk(rows, keys, found))
-                self.cache_hits += sum(1 for k in keys if k in found)
-            misses = [i for i, k in enumerate(keys) if k not in found]
-            with self._keys_lock:
-                self._keys.update((rows[i], keys[i]) for i in misses)
-            rows, payloads = [rows[i] for i in misses], [payloads[i] for i in misses]
-        if rows:
-            self.executor.submit(rows, payloads)
+        if self.cache is None:
+            self.executor.submit_arrow(row_array, payload_array)
+            return
+        rows: list[int] = row_array.to_pylist()
+        payloads: list[str] = payload_array.to_pylist()
+        o = self.opts
+        keys = cache_keys(self.lane.provider, self.ep.api_base if self.lane.provider != "mock" else None,
+                          self.lane.model, payloads, o.system, o.temperature, o.max_tokens)
+        found = self.cache.lookup(keys)
+        if found:
+            self.hits.put(hits_chunk(rows, keys, found))
+            self.cache_hits += sum(1 for k in keys if k in found)
+        misses = [i for i, k in enumerate(keys) if k not in found]
+        with self._keys_lock:
+            self._keys.update((rows[i], keys[i]) for i in misses)
+        if misses:
+            self.executor.submit([rows[i] for i in misses], [payloads[i] for i in misses])
 
     def poll(self, wait: float) -> list[pa.Table] | None:
         """Output rows that are ready (input columns joined), or None once the lane is done."""

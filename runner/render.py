@@ -149,13 +149,22 @@ class Renderer:
         places = _Places(self.where, at)
         if table.num_rows == 0:
             return []
-        if self.source == "prompt":
-            return _user_messages(_texts(table, "prompt", places))
-        if self.source == "template":
-            return _user_messages(self._render_template(table, places))
+        if self.source in ("prompt", "template"):
+            return self._user_messages(table, places).to_list()
         if self.source == "batch":
             return _messages_json(_batch_messages(table, places), places)
         return _messages_json(_column(table, "messages"), places)
+
+    def render_array(self, table: pa.Table, at: Chunk | int = 1) -> pa.Array:
+        """:meth:`render` as one Arrow ``large_string`` array, which the executor reads in place
+        (``Executor.submit_arrow``): prompts and templates never become a Python string per row."""
+        if table.num_rows and self.source in ("prompt", "template"):
+            return self._user_messages(table, _Places(self.where, at)).to_arrow().cast(pa.large_string())
+        return pa.array(self.render(table, at), pa.large_string())
+
+    def _user_messages(self, table: pa.Table, places: _Places) -> pl.Series:
+        texts = _texts(table, "prompt", places) if self.source == "prompt" else self._render_template(table, places)
+        return _user_messages(texts)
 
     def check(self, table: pa.Table, at: Chunk | int = 1) -> None:
         """Raises the InputError :meth:`render` would, without building the requests (the
@@ -237,18 +246,14 @@ def _check_nonempty(series: pl.Series, places: _Places, what: str) -> None:
         raise InputError(f"{places(int(bad.arg_true()[0]))}: {what}")
 
 
-def _user_messages(texts: pl.Series) -> list[str]:
+def _user_messages(texts: pl.Series) -> pl.Series:
     """Encode each text as ``[{"role":"user","content":TEXT}]`` column-wise."""
     frame = pl.DataFrame({"t": texts})
-    return (
-        frame.select(
-            pl.concat_str(
-                pl.lit("["), pl.struct(role=pl.lit("user"), content=pl.col("t")).struct.json_encode(), pl.lit("]")
-            )
+    return frame.select(
+        pl.concat_str(
+            pl.lit("["), pl.struct(role=pl.lit("user"), content=pl.col("t")).struct.json_encode(), pl.lit("]")
         )
-        .to_series()
-        .to_list()
-    )
+    ).to_series()
 
 
 def _batch_messages(table: pa.Table, places: _Places) -> pa.ChunkedArray:

@@ -45,3 +45,48 @@ def test_polls_are_record_batches_with_the_output_schema() -> None:
     bad = by_row[100 + len(texts) - 1]
     assert (bad["status"], bad["output"], bad["http_status"]) == ("error", None, 400)
     assert bad["error_type"] and bad["error"]
+
+
+def test_rows_submitted_as_arrow_arrays_get_the_same_answers_and_bad_arrays_are_refused() -> None:
+    import pytest
+
+    server = mock()
+    try:
+        def executor() -> Executor:
+            return Executor(json.dumps({
+                "provider": "openai", "api_base": base_for(server, "openai"), "api_key": "mock-key",
+                "model": "m", "concurrency": 4, "max_retries": 0,
+            }))
+
+        texts = [f"q{i} ζῆτα \"quoted\" 数据" for i in range(30)]
+        payloads = pa.array([json.dumps([{"role": "user", "content": t}]) for t in texts], pa.large_string())
+        rows = pa.array(range(7, 7 + len(texts)), pa.int64())
+        answers = {}
+        for submit in ("list", "arrow"):
+            ex = executor()
+            if submit == "list":
+                ex.submit(rows.to_pylist(), payloads.to_pylist())
+            else:
+                ex.submit_arrow(rows, payloads)
+            ex.close_input()
+            results = []
+            while (result := ex.poll(0.5)) is not None:
+                results.extend(pa.record_batch(result).to_pylist())
+            answers[submit] = sorted((r["_row"], r["output"]) for r in results)
+        assert answers["list"] == [(7 + i, expected_reply(t)) for i, t in enumerate(texts)]
+        assert answers["arrow"] == answers["list"]
+
+        ex = executor()
+        with pytest.raises(ValueError, match="large_string"):
+            ex.submit_arrow(rows, pa.array(payloads.to_pylist(), pa.string()))
+        with pytest.raises(ValueError, match="int64"):
+            ex.submit_arrow(pa.array(rows.to_pylist(), pa.int32()), payloads)
+        with pytest.raises(ValueError, match="equal lengths and no nulls"):
+            ex.submit_arrow(rows.slice(1), payloads)
+        with pytest.raises(ValueError, match="equal lengths and no nulls"):
+            ex.submit_arrow(rows, pa.array([None, *payloads.to_pylist()[1:]], pa.large_string()))
+        with pytest.raises(ValueError, match="row 7: messages are not valid"):
+            ex.submit_arrow(rows.slice(0, 1), pa.array(["not json"], pa.large_string()))
+        ex.cancel()
+    finally:
+        server.stop()

@@ -204,6 +204,27 @@ def test_render_template_column_absent_from_chunk_reads_as_null() -> None:
 def test_render_empty_table() -> None:
     table = pa.table({"prompt": pa.array([], pa.string())})
     assert planned(table).render(table) == []
+    assert planned(table).render_array(table).equals(pa.array([], pa.large_string()))
+
+
+@pytest.mark.parametrize(
+    ("table", "spec"),
+    [
+        (pa.table({"prompt": ["hi", 'say "ok"\n', "héllo ✓"]}), None),
+        (pa.table({"question": ["2+2?", "数据"], "n": [1, 2]}), RequestSpec(template="Q{{ n }}: {{ question }}")),
+        (pa.table({"messages": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]}), None),
+    ],
+    ids=["prompt", "template", "messages"],
+)
+def test_render_array_is_render_as_one_large_string_array(table: pa.Table, spec: RequestSpec | None) -> None:
+    renderer = planned(table, spec)
+    array = renderer.render_array(table)
+    assert array.type == pa.large_string() and array.to_pylist() == renderer.render(table)
+
+
+def test_render_array_raises_what_render_raises() -> None:
+    table = pa.table({"prompt": ["ok", "  "]})
+    assert error_of(planned(table).render_array, table, 10) == error_of(planned(table).render, table, 10)
 
 
 # -- ids ------------------------------------------------------------------------------------

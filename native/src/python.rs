@@ -12,8 +12,10 @@ use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
 use crate::provider::{Message, Messages};
 use crate::runtime::runtime;
-use arrow_array::ffi::to_ffi;
-use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_array::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::{
+    make_array, Array, ArrayRef, Int64Array, LargeStringArray, RecordBatch, StructArray,
+};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -83,6 +85,43 @@ impl Executor {
             let mut jobs = Vec::with_capacity(rows.len());
             for (row, payload) in rows.into_iter().zip(payloads) {
                 let messages = Messages::from_json(payload).map_err(|e| {
+                    PyValueError::new_err(format!("row {row}: messages are not valid: {e}"))
+                })?;
+                jobs.push(Job { row, messages });
+            }
+            self.inner.submit_blocking(jobs).map_err(to_py)
+        })
+    }
+
+    /// [`submit`](Self::submit) with Arrow arrays (anything with `__arrow_c_array__`): `rows`
+    /// int64 positions and `payloads` (large) strings, each a JSON array of messages. The
+    /// strings are read in place: no Python string per row.
+    fn submit_arrow(
+        &self,
+        py: Python<'_>,
+        rows: &Bound<'_, PyAny>,
+        payloads: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let rows = import_array(rows)?;
+        let payloads = import_array(payloads)?;
+        let rows = rows
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| PyValueError::new_err("rows must be an int64 array"))?;
+        let payloads = payloads
+            .as_any()
+            .downcast_ref::<LargeStringArray>()
+            .ok_or_else(|| PyValueError::new_err("payloads must be a large_string array"))?;
+        if rows.len() != payloads.len() || rows.null_count() + payloads.null_count() > 0 {
+            return Err(PyValueError::new_err(
+                "rows and payloads must have equal lengths and no nulls",
+            ));
+        }
+        py.detach(|| {
+            let mut jobs = Vec::with_capacity(rows.len());
+            for (row, payload) in rows.values().iter().zip(payloads.iter().flatten()) {
+                let row = *row as u64;
+                let messages = Messages::from_json(payload.to_string()).map_err(|e| {
                     PyValueError::new_err(format!("row {row}: messages are not valid: {e}"))
                 })?;
                 jobs.push(Job { row, messages });
@@ -183,6 +222,27 @@ impl Executor {
     fn metrics_text(&self) -> String {
         self.inner.metrics_text()
     }
+}
+
+/// Takes an array from a Python object through the Arrow PyCapsule interface
+/// (`__arrow_c_array__`), moving its buffers out of the capsule.
+fn import_array(obj: &Bound<'_, PyAny>) -> PyResult<ArrayRef> {
+    let (schema, array): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) =
+        obj.call_method0("__arrow_c_array__")?.extract()?;
+    let schema = schema
+        .pointer_checked(Some(c"arrow_schema"))?
+        .cast::<FFI_ArrowSchema>();
+    let array = array
+        .pointer_checked(Some(c"arrow_array"))?
+        .cast::<FFI_ArrowArray>();
+    // SAFETY: the capsules hold what their names say (checked above); the array is moved out
+    // and an empty one left behind, so the capsule's destructor releases nothing twice.
+    let data = unsafe {
+        let array = std::ptr::replace(array.as_ptr(), FFI_ArrowArray::empty());
+        from_ffi(array, schema.as_ref())
+    }
+    .map_err(|e| PyValueError::new_err(format!("not a usable Arrow array: {e}")))?;
+    Ok(make_array(data))
 }
 
 /// One poll's results, exported through the Arrow PyCapsule interface.
@@ -488,9 +548,10 @@ struct MetricsServer {
     inner: NativeMetricsServer,
 }
 
-fn labelled_source(
-    runs: &[(PyRef<'_, Executor>, Vec<(String, String)>)],
-) -> metrics::MetricsSource {
+/// Executors to show on one metrics endpoint, each with its (label, value) pairs.
+type LabelledRuns<'py> = Vec<(PyRef<'py, Executor>, Vec<(String, String)>)>;
+
+fn labelled_source(runs: &LabelledRuns<'_>) -> metrics::MetricsSource {
     let runs: Vec<(&NativeExecutor, String)> = runs
         .iter()
         .map(|(executor, pairs)| {
@@ -513,7 +574,7 @@ impl MetricsServer {
         port: u16,
         executor: Option<PyRef<'_, Executor>>,
         host: &str,
-        runs: Option<Vec<(PyRef<'_, Executor>, Vec<(String, String)>)>>,
+        runs: Option<LabelledRuns<'_>>,
     ) -> PyResult<Self> {
         let addr = format!("{host}:{port}")
             .parse()
@@ -532,11 +593,7 @@ impl MetricsServer {
     /// `runs=[(executor, [(label, value), ...]), ...]`, several executors' in one exposition,
     /// each sample labelled with its executor's labels.
     #[pyo3(signature = (executor = None, *, runs = None))]
-    fn watch(
-        &self,
-        executor: Option<PyRef<'_, Executor>>,
-        runs: Option<Vec<(PyRef<'_, Executor>, Vec<(String, String)>)>>,
-    ) {
+    fn watch(&self, executor: Option<PyRef<'_, Executor>>, runs: Option<LabelledRuns<'_>>) {
         self.inner.set_source(match runs {
             Some(runs) => Some(labelled_source(&runs)),
             None => executor.map(|e| e.inner.metrics_source()),
