@@ -6,16 +6,17 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import jinja2
-import jinja2.meta
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from runner.dataset import Chunk, place
 from runner.errors import InputError
+
+if TYPE_CHECKING:  # jinja2 loads with the first template (~12 ms a prompt-only run skips)
+    import jinja2
 
 __all__ = ["ROLES", "Renderer", "RequestSpec", "plan"]
 
@@ -42,6 +43,8 @@ def _finalize(value: Any) -> Any:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     return jinja2.Environment(
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True, finalize=_finalize
     )
@@ -49,6 +52,9 @@ def _environment() -> jinja2.Environment:
 
 @lru_cache(maxsize=16)
 def _compile(template: str) -> tuple[jinja2.Template, frozenset[str]]:
+    import jinja2
+    import jinja2.meta
+
     env = _environment()
     try:
         ast = env.parse(template)
