@@ -555,16 +555,34 @@ mod tests {
         Job { row, messages }
     }
 
-    #[test]
-    fn dispatching_waits_for_a_consumer_that_falls_behind() {
+    /// An executor sending to a fresh mock server (kept alive by the returned handle).
+    fn executor_on_mock(concurrency: usize) -> (MockServer, Arc<Executor>) {
         let server =
             MockServer::start(MockConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
         let config = RunConfig::from_json(&format!(
-            r#"{{"provider":"openai","api_base":"http://{}/v1","api_key":"mock-key","model":"m","concurrency":64}}"#,
+            r#"{{"provider":"openai","api_base":"http://{}/v1","api_key":"mock-key","model":"m","concurrency":{concurrency}}}"#,
             server.local_addr()
         ))
         .unwrap();
         let executor = Arc::new(Executor::start(config, runtime().handle()).unwrap());
+        (server, executor)
+    }
+
+    /// Polls until the run is over; the number of results received.
+    fn drain(executor: &Executor) -> u64 {
+        let mut received = 0;
+        loop {
+            match executor.poll(Duration::from_millis(200)) {
+                Poll::Rows(rows) => received += rows.len() as u64,
+                Poll::Idle => {}
+                Poll::Done => return received,
+            }
+        }
+    }
+
+    #[test]
+    fn dispatching_waits_for_a_consumer_that_falls_behind() {
+        let (_server, executor) = executor_on_mock(64);
         let total = UNCONSUMED_ROWS as u64 + 3_000;
         let feeder = {
             let executor = executor.clone();
@@ -587,14 +605,7 @@ mod tests {
         }
         assert_eq!(done, UNCONSUMED_ROWS as u64);
         // Once polled, the rest follows.
-        let mut received = 0;
-        loop {
-            match executor.poll(Duration::from_millis(200)) {
-                Poll::Rows(rows) => received += rows.len() as u64,
-                Poll::Idle => {}
-                Poll::Done => break,
-            }
-        }
+        let received = drain(&executor);
         feeder.join().unwrap();
         assert_eq!(received, total);
     }
@@ -613,14 +624,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_full_queue_wakes_the_feeder_once_per_batch_of_rows_not_per_row() {
-        let server =
-            MockServer::start(MockConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
-        let config = RunConfig::from_json(&format!(
-            r#"{{"provider":"openai","api_base":"http://{}/v1","api_key":"mock-key","model":"m","concurrency":8}}"#,
-            server.local_addr()
-        ))
-        .unwrap();
-        let executor = Arc::new(Executor::start(config, runtime().handle()).unwrap());
+        let (_server, executor) = executor_on_mock(8);
         let total = (QUEUE_ROWS + 8 * SUBMIT_ROWS) as u64;
         let feeder = {
             let executor = executor.clone();
@@ -633,14 +637,7 @@ mod tests {
                 sleeps_of_this_thread() - before
             })
         };
-        let mut received = 0;
-        loop {
-            match executor.poll(Duration::from_millis(50)) {
-                Poll::Rows(rows) => received += rows.len() as u64,
-                Poll::Idle => {}
-                Poll::Done => break,
-            }
-        }
+        let received = drain(&executor);
         let sleeps = feeder.join().unwrap();
         assert_eq!(received, total);
         // 8 batches beyond the queue's first fill; a wake-up per row would be thousands.
