@@ -288,8 +288,7 @@ impl Executor {
 
     /// A renderer of [`Executor::metrics_text`] that outlives this handle, for a metrics server.
     pub fn metrics_source(&self) -> MetricsSource {
-        let shared = self.shared.clone();
-        std::sync::Arc::new(move || metrics::render(&shared.stats, shared.limiter.concurrency()))
+        Self::labelled_metrics_source(&[(self, String::new())])
     }
 
     /// A renderer of several executors' metrics in one exposition, each sample carrying its

@@ -81,16 +81,7 @@ impl Executor {
         if rows.len() != payloads.len() {
             return Err(PyValueError::new_err("rows and payloads differ in length"));
         }
-        py.detach(|| {
-            let mut jobs = Vec::with_capacity(rows.len());
-            for (row, payload) in rows.into_iter().zip(payloads) {
-                let messages = Messages::from_json(payload).map_err(|e| {
-                    PyValueError::new_err(format!("row {row}: messages are not valid: {e}"))
-                })?;
-                jobs.push(Job { row, messages });
-            }
-            self.inner.submit_blocking(jobs).map_err(to_py)
-        })
+        py.detach(|| self.submit_jobs(rows.into_iter().zip(payloads)))
     }
 
     /// [`submit`](Self::submit) with Arrow arrays (anything with `__arrow_c_array__`): `rows`
@@ -118,15 +109,8 @@ impl Executor {
             ));
         }
         py.detach(|| {
-            let mut jobs = Vec::with_capacity(rows.len());
-            for (row, payload) in rows.values().iter().zip(payloads.iter().flatten()) {
-                let row = *row as u64;
-                let messages = Messages::from_json(payload.to_string()).map_err(|e| {
-                    PyValueError::new_err(format!("row {row}: messages are not valid: {e}"))
-                })?;
-                jobs.push(Job { row, messages });
-            }
-            self.inner.submit_blocking(jobs).map_err(to_py)
+            let pairs = rows.values().iter().zip(payloads.iter().flatten());
+            self.submit_jobs(pairs.map(|(row, payload)| (*row as u64, payload.to_string())))
         })
     }
 
@@ -221,6 +205,23 @@ impl Executor {
     /// The run's metrics in Prometheus text format.
     fn metrics_text(&self) -> String {
         self.inner.metrics_text()
+    }
+}
+
+impl Executor {
+    /// Queues (row, messages JSON) pairs; a payload that is not a messages array fails the call
+    /// before anything is queued.
+    fn submit_jobs(&self, pairs: impl Iterator<Item = (u64, String)>) -> PyResult<()> {
+        let jobs = pairs
+            .map(|(row, payload)| {
+                Messages::from_json(payload)
+                    .map(|messages| Job { row, messages })
+                    .map_err(|e| {
+                        PyValueError::new_err(format!("row {row}: messages are not valid: {e}"))
+                    })
+            })
+            .collect::<PyResult<Vec<Job>>>()?;
+        self.inner.submit_blocking(jobs).map_err(to_py)
     }
 }
 
@@ -551,6 +552,17 @@ struct MetricsServer {
 /// Executors to show on one metrics endpoint, each with its (label, value) pairs.
 type LabelledRuns<'py> = Vec<(PyRef<'py, Executor>, Vec<(String, String)>)>;
 
+/// What a metrics server shows: several labelled executors (`runs`), else one, else nothing.
+fn metrics_source(
+    executor: Option<PyRef<'_, Executor>>,
+    runs: Option<LabelledRuns<'_>>,
+) -> Option<metrics::MetricsSource> {
+    match runs {
+        Some(runs) => Some(labelled_source(&runs)),
+        None => executor.map(|e| e.inner.metrics_source()),
+    }
+}
+
 fn labelled_source(runs: &LabelledRuns<'_>) -> metrics::MetricsSource {
     let runs: Vec<(&NativeExecutor, String)> = runs
         .iter()
@@ -579,10 +591,7 @@ impl MetricsServer {
         let addr = format!("{host}:{port}")
             .parse()
             .map_err(|e| ConfigError::new_err(format!("metrics address {host}:{port}: {e}")))?;
-        let source = match runs {
-            Some(runs) => Some(labelled_source(&runs)),
-            None => executor.map(|e| e.inner.metrics_source()),
-        };
+        let source = metrics_source(executor, runs);
         let inner = py
             .detach(|| NativeMetricsServer::start(addr, source))
             .map_err(|e| NativeError::new_err(format!("metrics server on {host}:{port}: {e}")))?;
@@ -594,10 +603,7 @@ impl MetricsServer {
     /// each sample labelled with its executor's labels.
     #[pyo3(signature = (executor = None, *, runs = None))]
     fn watch(&self, executor: Option<PyRef<'_, Executor>>, runs: Option<LabelledRuns<'_>>) {
-        self.inner.set_source(match runs {
-            Some(runs) => Some(labelled_source(&runs)),
-            None => executor.map(|e| e.inner.metrics_source()),
-        });
+        self.inner.set_source(metrics_source(executor, runs));
     }
 
     #[getter]
