@@ -268,3 +268,18 @@ def test_check_raises_what_render_raises_without_rendering(table: pa.Table, spec
     assert error_of(r.check, table, 7) == error_of(r.render, table, 7)
     if first_ok:
         assert r.check(table.slice(0, 1), 7) is None and len(r.render(table.slice(0, 1), 7)) == 1
+
+
+def test_jinja2_loads_only_with_a_template() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, runner.batch\n"
+        "from runner.render import RequestSpec, plan\n"
+        "print('jinja2' in sys.modules)\n"
+        "plan(['q'], RequestSpec(template='{{ q }}'), 'f')\n"
+        "print('jinja2' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
