@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,7 @@ def run(
     restart: Annotated[bool, typer.Option("--restart", help="Discard the saved state of OUTPUT and start over.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On a rerun, send rows that ended in error again.")] = True,
     grace_period: Annotated[float, typer.Option(help="On Ctrl-C/SIGTERM, seconds to let requests in flight finish.")] = 30.0,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast/--no-fail-fast", help="Stop when the first 5 rows all fail with the same permanent error (unknown model, refused key); --no-fail-fast sends every row anyway.")] = True,
     mock_config: Annotated[str, typer.Option(hidden=True, help="JSON settings of the built-in mock (tests).")] = "{}",
     log_level: Annotated[Optional[str], typer.Option(help="Log requests and retries to stderr at this level (error, warning, info, debug).", envvar="PROMPT_RUNNER_LOG")] = None,
     log_format: Annotated[str, typer.Option(help="Log format: text, or json (one object per line).")] = "text",
@@ -78,7 +80,8 @@ def run(
         "min_pass_rate": min_pass_rate,
     }
     extra = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
-             "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port}
+             "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port,
+             "fail_fast": fail_fast}
     try:
         from runner import observability
 
@@ -191,7 +194,10 @@ def mock_server(
     api_key: Annotated[str, typer.Option(help="The key the server accepts.")] = "mock-key",
     latency_ms: Annotated[int, typer.Option(help="Delay before each response, in ms.")] = 0,
     latency_jitter_ms: Annotated[int, typer.Option(help="Extra random delay per response, 0..N ms.")] = 0,
-    rate_limit: Annotated[Optional[int], typer.Option(help="Requests per second before answering 429.")] = None,
+    rate_limit: Annotated[Optional[int], typer.Option(help="Requests per second before answering 429 (stated per minute in the headers: 60x).")] = None,
+    rate_limit_schedule: Annotated[Optional[str], typer.Option(help="Rate limit over time, START:RPS,... in seconds from the first request, e.g. 0:40,5:20,15:40.")] = None,
+    overload: Annotated[Optional[str], typer.Option(help="Overload episodes, START:DURATION,... in seconds from the first request (Anthropic 529, OpenAI 503), e.g. 10:5,40:3.")] = None,
+    rate_limit_headers: Annotated[bool, typer.Option("--rate-limit-headers/--no-rate-limit-headers", help="Send the providers' rate-limit headers; off, 429s carry only retry-after.")] = True,
     fault_rate: Annotated[float, typer.Option(help="Share of requests that get an injected fault (0..1).")] = 0.0,
     faults: Annotated[str, typer.Option(help="Comma-separated fault kinds: 429,500,502,503,529,reset,cut.")] = "429,500,502,503,529,reset,cut",
     bad_marker: Annotated[str, typer.Option(help="Prompts containing this text get a permanent 400.")] = "[[bad]]",
@@ -200,11 +206,21 @@ def mock_server(
     """Serve the OpenAI- and Anthropic-compatible mock API until Ctrl-C."""
     from runner._native import MockServer, NativeError
 
+    try:
+        schedule = pairs("--rate-limit-schedule", rate_limit_schedule, "START:RPS", int)
+        if any(rps < 1 for _, rps in schedule):
+            raise ValueError("--rate-limit-schedule: each RPS must be at least 1")
+        episodes = pairs("--overload", overload, "START:DURATION", float)
+    except ValueError as err:
+        raise fail(str(err)) from None
     config = {
         "api_key": api_key,
         "latency_ms": latency_ms,
         "latency_jitter_ms": latency_jitter_ms,
         "rate_limit_rps": rate_limit,
+        "rate_limit_schedule": schedule,
+        "rate_limit_headers": rate_limit_headers,
+        "overload": episodes,
         "fault_rate": fault_rate,
         "faults": [f.strip() for f in faults.split(",") if f.strip()],
         "bad_marker": bad_marker,
@@ -226,6 +242,24 @@ def mock_server(
         server.stop()
         stats = json.loads(server.stats_json())
         typer.echo(f"stopped after {stats.get('requests', 0)} requests", err=True)
+
+
+def pairs(flag: str, value: Optional[str], shape: str, second: type) -> list[list[float]]:
+    """`"0:40,5:20"` as `[[0.0, 40], [5.0, 20]]`; a malformed item is a ValueError naming the flag.
+    The ranges (ascending starts, rates of at least 1, ...) are checked by the server."""
+    if value is None:
+        return []
+    out: list[list[float]] = []
+    for item in value.split(","):
+        try:
+            a, b = item.split(":")
+            pair = [float(a), second(b)]
+            if not all(math.isfinite(x) for x in pair):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{flag}: expected {shape}[,{shape}...] (seconds), got {item.strip()!r}") from None
+        out.append(pair)
+    return out
 
 
 app.command("report")(__import__("runner.report", fromlist=["report_command"]).report_command)

@@ -254,7 +254,7 @@ pub(crate) fn error(err: &ApiError) -> (u16, String) {
             "rate_limit_error",
             "This request would exceed the rate limit for your organization of requests per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits.".into(),
         ),
-        ApiError::Server(529) => (529, "overloaded_error", "Overloaded".into()),
+        ApiError::Server(529) | ApiError::Overloaded => (529, "overloaded_error", "Overloaded".into()),
         ApiError::Server(code) => (*code, "api_error", "Internal server error".into()),
         ApiError::NotFound { .. } => (404, "not_found_error", "Not found".into()),
         ApiError::MethodNotAllowed => (405, "invalid_request_error", "Method not allowed".into()),

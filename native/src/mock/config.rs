@@ -16,7 +16,27 @@ pub struct MockConfig {
     /// lockstep waves as no real API sends them.
     pub latency_jitter_ms: u64,
     /// Token bucket of capacity R refilled at R per second; a request finding it empty gets a 429.
+    /// Enforced per second but stated per minute, as both providers do: the rate-limit headers
+    /// say a limit of 60 × R requests per minute (see [`MockConfig::rate_limit_headers`]).
     pub rate_limit_rps: Option<u32>,
+    /// The rate limit in force over time, as `[[start_seconds, rps], ...]` (JSON), starts
+    /// strictly ascending and each rps at least 1. Time counts from the server's first API
+    /// request, not from start-up, so that a benchmark's timing is reproducible. Before the first
+    /// start `rate_limit_rps` applies (so a schedule not starting at 0 needs one); a schedule alone
+    /// implies a rate limit. At a change the bucket's capacity and refill become the new R and
+    /// its tokens are clamped to the new capacity: `[[0,40],[5,20],[15,40]]` is 40/s, then 20/s
+    /// for ten seconds, then 40/s again.
+    pub rate_limit_schedule: Vec<(f64, u32)>,
+    /// Send the providers' rate-limit headers (OpenAI `x-ratelimit-*-requests`, Anthropic
+    /// `anthropic-ratelimit-requests-*`) and, on a 429, `retry-after-ms` besides `retry-after`.
+    /// Off, the mock is a gateway that states nothing: no rate-limit headers at all, and every
+    /// 429 carries only `retry-after` (whole seconds, rounded up, at least 1).
+    pub rate_limit_headers: bool,
+    /// Overload episodes, as `[[start_seconds, duration_seconds], ...]` (JSON) on the clock of
+    /// `rate_limit_schedule`: every API request arriving within `start..start + duration` is
+    /// refused as an overloaded provider does (Anthropic 529 `overloaded_error`, OpenAI 503
+    /// `server_error`), without `retry-after` and without spending a rate-limit token.
+    pub overload: Vec<(f64, f64)>,
     /// Probability, per API request, of injecting one fault drawn uniformly from `faults`.
     pub fault_rate: f64,
     /// Fault kinds to draw from: "429", "500", "502", "503", "529", "reset", "cut".
@@ -39,6 +59,9 @@ impl Default for MockConfig {
             latency_ms: 0,
             latency_jitter_ms: 0,
             rate_limit_rps: None,
+            rate_limit_schedule: Vec::new(),
+            rate_limit_headers: true,
+            overload: Vec::new(),
             fault_rate: 0.0,
             faults: FaultKind::ALL
                 .iter()
@@ -115,6 +138,15 @@ impl MockConfig {
         if self.rate_limit_rps == Some(0) {
             return Err(invalid("mock rate_limit_rps must be at least 1".into()));
         }
+        self.validate_schedule().map_err(invalid)?;
+        for &(start, duration) in &self.overload {
+            if !(start.is_finite() && start >= 0.0 && duration.is_finite() && duration > 0.0) {
+                return Err(invalid(format!(
+                    "mock overload episode [{start}, {duration}]: the start must be 0 or more \
+                     seconds and the duration more than 0 seconds"
+                )));
+            }
+        }
         let kinds = self
             .faults
             .iter()
@@ -132,6 +164,38 @@ impl MockConfig {
             ));
         }
         Ok(kinds)
+    }
+
+    /// Schedule starts finite, 0 or more and strictly ascending, rates at least 1, and a rate
+    /// for the time before the first start.
+    fn validate_schedule(&self) -> Result<(), String> {
+        let mut previous: Option<f64> = None;
+        for &(start, rps) in &self.rate_limit_schedule {
+            if !(start.is_finite() && start >= 0.0) {
+                return Err(format!(
+                    "mock rate_limit_schedule start {start} must be 0 or more seconds"
+                ));
+            }
+            if previous.is_some_and(|p| start <= p) {
+                return Err(format!(
+                    "mock rate_limit_schedule starts must be strictly ascending; {start} follows {}",
+                    previous.unwrap_or_default()
+                ));
+            }
+            if rps == 0 {
+                return Err(format!(
+                    "mock rate_limit_schedule rps must be at least 1, got 0 at {start} s"
+                ));
+            }
+            previous = Some(start);
+        }
+        match self.rate_limit_schedule.first() {
+            Some(&(start, _)) if start > 0.0 && self.rate_limit_rps.is_none() => Err(format!(
+                "mock rate_limit_schedule starts at {start} s, not 0: give rate_limit_rps for \
+                 the time before it, or start the schedule at 0"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -160,5 +224,46 @@ mod tests {
             ..MockConfig::default()
         };
         assert!(c.validate().is_err());
+        let bad_schedules: [&[(f64, u32)]; 4] = [
+            &[(0.0, 40), (5.0, 0)],
+            &[(0.0, 40), (5.0, 20), (5.0, 30)],
+            &[(-1.0, 40)],
+            &[(2.0, 40)],
+        ];
+        for schedule in bad_schedules {
+            let c = MockConfig {
+                rate_limit_schedule: schedule.to_vec(),
+                ..MockConfig::default()
+            };
+            assert!(c.validate().is_err(), "{schedule:?}");
+        }
+        for overload in [(-1.0, 2.0), (1.0, 0.0), (1.0, f64::INFINITY)] {
+            let c = MockConfig {
+                overload: vec![overload],
+                ..MockConfig::default()
+            };
+            assert!(c.validate().is_err(), "{overload:?}");
+        }
+    }
+
+    #[test]
+    fn schedule_and_overload_from_json() {
+        let c: MockConfig = serde_json::from_str(
+            r#"{"rate_limit_schedule": [[0, 40], [5, 20], [15.5, 40]],
+                "overload": [[10, 5], [40, 0.5]], "rate_limit_headers": false}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit_schedule, [(0.0, 40), (5.0, 20), (15.5, 40)]);
+        assert_eq!(c.overload, [(10.0, 5.0), (40.0, 0.5)]);
+        assert!(!c.rate_limit_headers);
+        assert!(c.validate().is_ok());
+        // A schedule starting later is fine with a base rate for the time before it.
+        let c = MockConfig {
+            rate_limit_rps: Some(10),
+            rate_limit_schedule: vec![(2.0, 40)],
+            ..MockConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        assert!(MockConfig::default().rate_limit_headers);
     }
 }

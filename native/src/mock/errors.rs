@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-/// Why the mock refuses a request. Status codes differ by provider only for [`ApiError::Quota`].
+/// Why the mock refuses a request. Status codes differ by provider only for [`ApiError::Quota`]
+/// and [`ApiError::Overloaded`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ApiError {
     /// Wrong or missing key; `key` is echoed as sent so that client-side redaction is tested.
@@ -23,12 +24,16 @@ pub(crate) enum ApiError {
     Quota,
     /// The token bucket is empty, or (`injected`) a 429 fault.
     RateLimited {
+        /// Requests per minute (60 × the rate in force), 0 for an injected 429 without a limit.
         limit: u32,
         retry_after: Duration,
         injected: bool,
     },
     /// An injected server error: 500, 502, 503 or 529.
     Server(u16),
+    /// A configured overload episode: Anthropic 529 `overloaded_error`, OpenAI 503
+    /// `server_error` (OpenAI does not send 529).
+    Overloaded,
     /// Unknown path.
     NotFound { path: String },
     /// Known path, wrong method.

@@ -3,7 +3,13 @@
 //! Routes: `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic), and the
 //! control endpoints `GET /_mock/stats` ([`MockStats`] as JSON), `POST /_mock/reset`,
 //! `GET /health`. Checks run in this order: auth (401) → quota → body validation (400) →
-//! rate limit (429) → latency → random fault → bad marker (400) → reply (see [`reply_text`]).
+//! overload episode (Anthropic 529, OpenAI 503) → rate limit (429) → latency → random fault →
+//! bad marker (400) → reply (see [`reply_text`]).
+//!
+//! Rate limits are enforced per second and stated per minute, as the providers do: with R
+//! requests per second in force the headers say a limit of 60 × R (see [`MockConfig`]). The
+//! rate may follow a schedule and the server may be overloaded for episodes; both count time
+//! from the first API request.
 
 mod anthropic;
 mod body;

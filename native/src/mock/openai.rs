@@ -325,7 +325,7 @@ pub(crate) fn error(err: &ApiError) -> (u16, String) {
             ApiError::RateLimited { limit, retry_after, .. } => (
                 429,
                 format!(
-                    "Rate limit reached for requests per second (RPS): Limit {limit}, Used {limit}, Requested 1. Please try again in {}ms.",
+                    "Rate limit reached for requests per min (RPM): Limit {limit}, Used {limit}, Requested 1. Please try again in {}ms.",
                     retry_after.as_millis()
                 ),
                 "requests",
@@ -333,6 +333,7 @@ pub(crate) fn error(err: &ApiError) -> (u16, String) {
                 Some("rate_limit_exceeded"),
             ),
             ApiError::Server(529) => (529, "The server is overloaded, please try again later.".into(), "overloaded_error", None, None),
+            ApiError::Overloaded => (503, "The server is overloaded or not ready yet.".into(), "server_error", None, None),
             ApiError::Server(503) => (503, "The engine is currently overloaded, please try again later.".into(), "server_error", None, None),
             ApiError::Server(code) => (*code, "The server had an error while processing your request. Sorry about that!".into(), "server_error", None, None),
             ApiError::NotFound { path } => (404, format!("Invalid URL (POST {path})"), "invalid_request_error", None, None),

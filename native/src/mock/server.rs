@@ -19,8 +19,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub config: MockConfig,
     pub stats: Stats,
     bucket: Option<TokenBucket>,
+    /// When the first API request arrived: time 0 of the rate-limit schedule and the overload
+    /// episodes, so that a benchmark's timing does not depend on when the server started.
+    epoch: OnceLock<Instant>,
     faults: FaultInjector,
     /// Only when a latency is configured.
     delays: Option<Delays>,
@@ -45,7 +48,8 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: MockConfig, kinds: Vec<FaultKind>) -> Self {
         Shared {
-            bucket: config.rate_limit_rps.map(TokenBucket::new),
+            bucket: TokenBucket::new(config.rate_limit_rps, &config.rate_limit_schedule),
+            epoch: OnceLock::new(),
             faults: FaultInjector::new(config.fault_rate, kinds, config.seed),
             delays: (config.latency_ms + config.latency_jitter_ms > 0).then(Delays::start),
             id_base: rand::random(),
@@ -53,6 +57,25 @@ impl Shared {
             stats: Stats::default(),
             config,
         }
+    }
+
+    /// Seconds from the first API request to `at`; the first call starts the clock.
+    fn clock(&self, at: Instant) -> f64 {
+        let epoch = *self.epoch.get_or_init(|| at);
+        at.saturating_duration_since(epoch).as_secs_f64()
+    }
+
+    /// Whether `t` (server-clock seconds) falls within a configured overload episode.
+    fn overloaded(&self, t: f64) -> bool {
+        self.config
+            .overload
+            .iter()
+            .any(|&(start, duration)| start <= t && t < start + duration)
+    }
+
+    /// The rate-limit decision for the headers, unless they are switched off.
+    fn stated<'a>(&self, decision: Option<&'a Decision>) -> Option<&'a Decision> {
+        decision.filter(|_| self.config.rate_limit_headers)
     }
 
     fn next_id(&self) -> String {
@@ -173,16 +196,18 @@ impl From<ApiError> for Reject {
     }
 }
 
-/// The API path, checks in the documented order: auth, quota, validation, rate limit, latency,
-/// fault, bad marker, reply. Validation precedes the rate limit so that a malformed request
-/// neither spends a token nor draws a fault: its 400 is deterministic.
+/// The API path, checks in the documented order: auth, quota, validation, overload, rate limit,
+/// latency, fault, bad marker, reply. Validation precedes the rate limit so that a malformed
+/// request neither spends a token nor draws a fault: its 400 is deterministic. An overloaded
+/// server refuses before the rate limit, so its refusals spend no token.
 async fn api(
     shared: &Shared,
     provider: Provider,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, Reject> {
     // The configured latency counts from the request's arrival, as a client sees it.
-    let arrived = std::time::Instant::now();
+    let arrived = Instant::now();
+    let arrived_at = shared.clock(arrived);
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed.into());
     }
@@ -202,7 +227,13 @@ async fn api(
     if shared.config.track_prompts {
         shared.stats.prompt(&chat.last_user_text);
     }
-    let decision = shared.bucket.as_ref().map(TokenBucket::acquire);
+    if shared.overloaded(arrived_at) {
+        return Err(ApiError::Overloaded.into());
+    }
+    let decision = shared
+        .bucket
+        .as_ref()
+        .map(|b| b.acquire_at(shared.clock(Instant::now())));
     if let Some(d) = decision.filter(|d| !d.allowed) {
         let err = ApiError::RateLimited {
             limit: d.limit,
@@ -342,7 +373,7 @@ fn reply(
     if chat.stream {
         headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     }
-    common_headers(headers, provider, &suffix, decision);
+    common_headers(headers, provider, &suffix, shared.stated(decision));
     resp
 }
 
@@ -370,17 +401,26 @@ fn error_response(
             HeaderValue::from(retry_after_secs(*retry_after)),
         );
         // Real Anthropic 429s carry only `retry-after`; the injected 429 sends the precise
-        // value on both so that fault tests stay fast.
-        if provider == Provider::OpenAi || *injected {
+        // value on both so that fault tests stay fast. A mock without rate-limit headers is a
+        // gateway that states nothing but `retry-after`.
+        if shared.config.rate_limit_headers && (provider == Provider::OpenAi || *injected) {
             let ms = retry_after.as_millis().max(1) as u64;
             headers.insert("retry-after-ms", HeaderValue::from(ms));
         }
     }
-    common_headers(headers, provider, &shared.next_id(), decision);
+    common_headers(
+        headers,
+        provider,
+        &shared.next_id(),
+        shared.stated(decision),
+    );
     resp
 }
 
-/// Request id and, when a rate limit is configured, the provider's rate-limit headers.
+/// Request id and, when a rate limit is configured (and its headers are on), the provider's
+/// rate-limit headers in its units: the limit per minute (60 × the rate in force), the remaining
+/// room scaled to a minute (0 when the next request would be refused), and the reset: OpenAI the
+/// duration until the bucket is full ("20ms", "1.5s"), Anthropic the RFC 3339 time it is full.
 fn common_headers(
     headers: &mut HeaderMap,
     provider: Provider,

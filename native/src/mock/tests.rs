@@ -409,22 +409,33 @@ async fn rate_limit_429s_carry_headers() {
     });
     let ok = openai(&srv, oa_body("x")).await;
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("x-ratelimit-limit-requests"), "2");
-    assert_eq!(ok.header("x-ratelimit-remaining-requests"), "1");
+    // 2 per second stated per minute: a limit of 120, one token left = 60 per minute.
+    assert_eq!(ok.header("x-ratelimit-limit-requests"), "120");
+    assert_eq!(ok.header("x-ratelimit-remaining-requests"), "60");
     assert!(ok.header("x-ratelimit-reset-requests").ends_with("ms"));
-    assert_eq!(openai(&srv, oa_body("x")).await.status, 200);
+    let second = openai(&srv, oa_body("x")).await;
+    assert_eq!(second.status, 200);
+    // Less than a token left: the next request would be refused, so remaining says 0.
+    assert_eq!(second.header("x-ratelimit-remaining-requests"), "0");
     let r = openai(&srv, oa_body("x")).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.starts_with("Rate limit reached for requests per min (RPM): Limit 120, Used 120"),
+        "{message}"
+    );
     assert_eq!(r.header("retry-after"), "1");
     let ms: u64 = r.header("retry-after-ms").parse().unwrap();
     assert!((1..=500).contains(&ms), "{ms}");
+    assert_eq!(r.header("x-ratelimit-limit-requests"), "120");
     assert_eq!(r.header("x-ratelimit-remaining-requests"), "0");
     let r = anthropic(&srv, an_body("x")).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
     assert_eq!(r.header("retry-after"), "1");
-    assert_eq!(r.header("anthropic-ratelimit-requests-limit"), "2");
+    assert_eq!(r.header("retry-after-ms"), "");
+    assert_eq!(r.header("anthropic-ratelimit-requests-limit"), "120");
     assert_eq!(r.header("anthropic-ratelimit-requests-remaining"), "0");
     let reset = r.header("anthropic-ratelimit-requests-reset");
     assert!(humantime::parse_rfc3339(reset).is_ok(), "{reset}");
@@ -432,6 +443,173 @@ async fn rate_limit_429s_carry_headers() {
     tokio::time::sleep(std::time::Duration::from_millis(ms + 20)).await;
     assert_eq!(openai(&srv, oa_body("x")).await.status, 200);
     assert_eq!(srv.stats().by_status["429"], 2);
+}
+
+#[tokio::test]
+async fn remaining_is_the_buckets_room_scaled_to_a_minute() {
+    let srv = start(MockConfig {
+        rate_limit_rps: Some(10),
+        ..MockConfig::default()
+    });
+    let remaining = |r: &Reply, name: &str| -> u32 { r.header(name).parse().unwrap() };
+    // Full bucket of 10: one taken leaves exactly 9 = 540 per minute.
+    let r = openai(&srv, oa_body("x")).await;
+    assert_eq!(r.header("x-ratelimit-limit-requests"), "600");
+    assert_eq!(remaining(&r, "x-ratelimit-remaining-requests"), 540);
+    // The next leaves 8 plus what refilled meanwhile (10/s): fractional room shows.
+    let r = anthropic(&srv, an_body("x")).await;
+    assert_eq!(r.header("anthropic-ratelimit-requests-limit"), "600");
+    let left = remaining(&r, "anthropic-ratelimit-requests-remaining");
+    assert!((480..540).contains(&left), "{left}");
+    let reset = humantime::parse_rfc3339(r.header("anthropic-ratelimit-requests-reset")).unwrap();
+    // Full again within a second (the header has whole seconds, so allow for the rounding).
+    let ahead = reset
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(ahead <= std::time::Duration::from_secs(1), "{ahead:?}");
+}
+
+fn has_rate_limit_headers(r: &Reply) -> bool {
+    r.headers.keys().any(|name| {
+        name.as_str().starts_with("x-ratelimit-")
+            || name.as_str().starts_with("anthropic-ratelimit-")
+    })
+}
+
+#[tokio::test]
+async fn without_rate_limit_headers_only_retry_after_is_stated() {
+    let srv = start(MockConfig {
+        rate_limit_rps: Some(1),
+        rate_limit_headers: false,
+        ..MockConfig::default()
+    });
+    let ok = openai(&srv, oa_body("x")).await;
+    assert_eq!(ok.status, 200);
+    assert!(!has_rate_limit_headers(&ok), "{:?}", ok.headers);
+    assert!(ok.header("x-request-id").starts_with("req_"));
+    for r in [
+        openai(&srv, oa_body("x")).await,
+        anthropic(&srv, an_body("x")).await,
+    ] {
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after"), "1");
+        assert!(r.headers.get("retry-after-ms").is_none(), "{:?}", r.headers);
+        assert!(!has_rate_limit_headers(&r), "{:?}", r.headers);
+    }
+    // An injected 429 states only `retry-after: 1` too.
+    let srv = start(MockConfig {
+        rate_limit_headers: false,
+        fault_rate: 1.0,
+        faults: vec!["429".into()],
+        ..MockConfig::default()
+    });
+    for r in [
+        openai(&srv, oa_body("x")).await,
+        anthropic(&srv, an_body("x")).await,
+    ] {
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after"), "1");
+        assert!(r.headers.get("retry-after-ms").is_none(), "{:?}", r.headers);
+        assert!(!has_rate_limit_headers(&r));
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_schedule_changes_the_rate_at_the_boundary() {
+    use std::time::{Duration, Instant};
+    let srv = start(MockConfig {
+        rate_limit_schedule: vec![(0.0, 50), (0.3, 5)],
+        ..MockConfig::default()
+    });
+    // The clock starts at the first API request, not at start-up.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(openai(&srv, oa_body("x")).await.status, 200);
+    // Time 0 of the schedule is at most now.
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        let r = openai(&srv, oa_body("x")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit-requests"), "3000");
+    }
+    tokio::time::sleep_until((t0 + Duration::from_millis(350)).into()).await;
+    // 5 per second now: the tokens are clamped to the new capacity of 5.
+    for _ in 0..5 {
+        let r = openai(&srv, oa_body("x")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit-requests"), "300");
+    }
+    let r = anthropic(&srv, an_body("x")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("anthropic-ratelimit-requests-limit"), "300");
+    assert_eq!(r.header("anthropic-ratelimit-requests-remaining"), "0");
+    let ms: u64 = openai(&srv, oa_body("x"))
+        .await
+        .header("retry-after-ms")
+        .parse()
+        .unwrap();
+    // A token every 200 ms at the new rate.
+    assert!((1..=200).contains(&ms), "{ms}");
+    assert_eq!(srv.stats().by_status["429"], 2);
+}
+
+#[tokio::test]
+async fn overload_episodes_refuse_as_the_providers_do() {
+    use std::time::{Duration, Instant};
+    let srv = start(MockConfig {
+        rate_limit_rps: Some(1),
+        overload: vec![(0.0, 0.5)],
+        ..MockConfig::default()
+    });
+    let r = openai(&srv, oa_body("x")).await;
+    // Time 0 of the episodes is at most now.
+    let t0 = Instant::now();
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"message": "The server is overloaded or not ready yet.",
+            "type": "server_error", "param": null, "code": null}})
+    );
+    assert!(r.headers.get("retry-after").is_none(), "{:?}", r.headers);
+    assert!(!has_rate_limit_headers(&r));
+    let mut body = an_body("x");
+    body["stream"] = json!(true);
+    for body in [an_body("x"), body] {
+        let r = anthropic(&srv, body).await;
+        assert_eq!(r.status, 529);
+        assert_eq!(
+            r.json(),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        );
+        assert!(r.headers.get("retry-after").is_none(), "{:?}", r.headers);
+        assert!(!has_rate_limit_headers(&r));
+    }
+    // Validation still comes first.
+    assert_eq!(openai(&srv, json!({"model": "m"})).await.status, 400);
+    tokio::time::sleep_until((t0 + Duration::from_millis(550)).into()).await;
+    // The episode is over, and the refused requests spent no token: the bucket's only token is
+    // still there (a spent one would be back only a second after it was spent).
+    let r = openai(&srv, oa_body("x")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit-requests"), "60");
+    assert_eq!(openai(&srv, oa_body("x")).await.status, 429);
+    let stats = srv.stats();
+    assert_eq!(stats.by_status["503"], 1);
+    assert_eq!(stats.by_status["529"], 2);
+    assert_eq!(stats.by_status["200"], 1);
+
+    // An episode later on: before and after it the server answers.
+    let srv = start(MockConfig {
+        overload: vec![(0.3, 0.3)],
+        ..MockConfig::default()
+    });
+    assert_eq!(anthropic(&srv, an_body("x")).await.status, 200);
+    let t0 = Instant::now();
+    tokio::time::sleep_until((t0 + Duration::from_millis(350)).into()).await;
+    assert_eq!(openai(&srv, oa_body("x")).await.status, 503);
+    assert_eq!(anthropic(&srv, an_body("x")).await.status, 529);
+    tokio::time::sleep_until((t0 + Duration::from_millis(650)).into()).await;
+    assert_eq!(openai(&srv, oa_body("x")).await.status, 200);
+    assert_eq!(anthropic(&srv, an_body("x")).await.status, 200);
 }
 
 fn faulty(kind: &str) -> MockServer {
