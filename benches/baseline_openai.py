@@ -1,4 +1,5 @@
-"""Baseline: what users write by hand with the official SDK — AsyncOpenAI + asyncio.Semaphore.
+"""Baseline: what users write by hand with the official SDK — AsyncOpenAI + asyncio.Semaphore,
+the SDK's own retries (6), and a row that fails for good recorded as an error.
 
 usage: baseline_openai.py INPUT.jsonl OUTPUT.jsonl BASE_URL CONCURRENCY
 """
@@ -7,6 +8,7 @@ import asyncio
 import json
 import sys
 
+import openai
 from openai import AsyncOpenAI
 
 
@@ -18,9 +20,12 @@ async def main(src: str, dst: str, base: str, concurrency: int) -> None:
 
     async def one(i: int, prompt: str) -> dict:
         async with sem:
-            resp = await client.chat.completions.create(
-                model="bench", messages=[{"role": "user", "content": prompt}]
-            )
+            try:
+                resp = await client.chat.completions.create(
+                    model="bench", messages=[{"role": "user", "content": prompt}]
+                )
+            except openai.APIError as err:
+                return {"id": i, "error": str(err)}
             return {"id": i, "output": resp.choices[0].message.content, "usage": resp.usage.total_tokens}
 
     results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))

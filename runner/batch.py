@@ -20,7 +20,7 @@ from runner.errors import InputError
 from runner.lane import LaneRun
 from runner.options import RunOptions
 from runner.pricing import price_of
-from runner.progress import Progress, summary
+from runner.progress import Progress, pace_text, summary
 from runner.render import RequestSpec, plan
 from runner.schema import META_CONFIG, META_SUMMARY
 from runner.shutdown import Shutdown, stop_signals
@@ -282,6 +282,8 @@ class Batch:
         fatal = [lane.executor.fatal_error() for lane in lanes if lane.executor.fatal_error()]
         table = run_dir.compact(self._metadata(run_dir, lanes, elapsed))
         print(summary(table, elapsed), file=self.err)
+        if (pace := self._pace(lanes)) is not None:
+            print(f"pacing: {pace}", file=self.err)
         if any(lane.cache_hits for lane in lanes):
             print(f"cache: {sum(lane.cache_hits for lane in lanes)} rows answered from the cache", file=self.err)
         if fatal:
@@ -303,7 +305,15 @@ class Batch:
                 totals[key] += s[key]
             totals["done"] += lane.cache_hits
             totals["ok"] += lane.cache_hits
+        progress.pace = Batch._pace(lanes)
         progress.update(**totals)
+
+    @staticmethod
+    def _pace(lanes: list[LaneRun]) -> str | None:
+        """The pace of each lane that is paced by the server, prefixed by its model in a matrix."""
+        paces = [(lane.lane.model, pace_text(lane.executor.stats())) for lane in lanes]
+        shown = [f"{model}: {text}" if len(lanes) > 1 else text for model, text in paces if text]
+        return "; ".join(shown) or None
 
     def _metadata(self, run_dir: RunDir, lanes: list[LaneRun], elapsed: float) -> dict[bytes, bytes]:
         record = run_dir.record() or {}

@@ -254,6 +254,7 @@ class LaneRun:
                 "tpm": lane.tpm,
                 "max_retries": o.max_retries,
                 "timeout": o.timeout,
+                "fail_fast": o.fail_fast,
             }
         )
 

@@ -62,6 +62,8 @@ class RunOptions:
     job: str | None = None
     #: Serve Prometheus metrics on this port while the run goes on.
     metrics_port: int | None = None
+    #: Stop when the first rows all fail with the same permanent error (`--no-fail-fast`: send all).
+    fail_fast: bool = True
 
     def saved(self) -> dict[str, Any]:
         """The options as kept in run.json, enough for `resume` to run them again."""

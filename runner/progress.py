@@ -59,6 +59,8 @@ class Progress:
         self.stats: dict[str, int] = dict.fromkeys(
             ("done", "ok", "failed", "retrying", "prompt_tokens", "completion_tokens"), 0
         )
+        #: Where the run's pace comes from (see :func:`pace_text`); None while unpaced.
+        self.pace: str | None = None
         self._start = 0.0
         self._last_plain = 0.0
         self._rich: Any = None
@@ -128,6 +130,7 @@ class Progress:
             f"[{self.label}] {s['done']}/{self.total} rows{pct} ok={s['ok']} failed={s['failed']} "
             f"retrying={s['retrying']} {rows_s:.1f} rows/s {format_count(tok_s)} tok/s "
             f"elapsed {format_duration(self.elapsed)} eta {eta_text}"
+            + (f" | {self.pace}" if self.pace else "")
         )
 
     # -- output ----------------------------------------------------------------------------
@@ -152,12 +155,13 @@ class Progress:
             TextColumn("{task.fields[tok_s]} tok/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("[cyan]{task.fields[pace]}"),
             console=Console(file=self.stream),
             refresh_per_second=5,
             transient=False,
         )
         self._task = self._rich.add_task(
-            self.label, total=self.total or None, ok=0, failed=0, retrying=0, rows_s="0.0", tok_s="0"
+            self.label, total=self.total or None, ok=0, failed=0, retrying=0, rows_s="0.0", tok_s="0", pace=""
         )
         self._rich.start()
 
@@ -172,7 +176,19 @@ class Progress:
             retrying=s["retrying"],
             rows_s=f"{rows_s:.1f}",
             tok_s=format_count(tok_s),
+            pace=self.pace or "",
         )
+
+
+def pace_text(stats: Mapping[str, Any]) -> str | None:
+    """Where an executor's pace comes from, from its ``pace_source`` and ``pace_rps`` stats: the
+    limit the server states in its headers, one learned from its 429s, or None (unpaced)."""
+    source, rps = stats.get("pace_source"), stats.get("pace_rps")
+    if source == "stated" and rps:
+        return f"paced to the server's stated limit, {rps * 60:,.0f} requests/min"
+    if source == "learned" and rps:
+        return f"paced at {rps:,.1f} requests/s, learned from the server's 429s"
+    return None
 
 
 def _as_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:

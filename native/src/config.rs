@@ -32,6 +32,8 @@ struct RawConfig {
     max_retries: u32,
     #[serde(default = "default_timeout")]
     timeout: f64,
+    #[serde(default = "default_fail_fast")]
+    fail_fast: bool,
 }
 
 fn default_concurrency() -> usize {
@@ -42,6 +44,9 @@ fn default_max_retries() -> u32 {
 }
 fn default_timeout() -> f64 {
     60.0
+}
+fn default_fail_fast() -> bool {
+    true
 }
 
 /// One run's settings. The key lives in an `ApiKey` and never prints.
@@ -56,6 +61,8 @@ pub struct RunConfig {
     pub tpm: Option<u32>,
     pub max_retries: u32,
     pub timeout: Duration,
+    /// Stop when the first rows all fail with the same permanent error (see `failfast.rs`).
+    pub fail_fast: bool,
 }
 
 impl RunConfig {
@@ -88,6 +95,7 @@ impl RunConfig {
             tpm: raw.tpm,
             max_retries: raw.max_retries,
             timeout: Duration::from_secs_f64(raw.timeout),
+            fail_fast: raw.fail_fast,
         })
     }
 }

@@ -3,7 +3,8 @@
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::limiter::Limiter;
+use crate::failfast::FailFast;
+use crate::limiter::{Answer, Limiter, Pacing, Response};
 use crate::provider::{self, Messages, PreparedRequest};
 use crate::retry::{Backoff, ErrorType};
 use crate::transport::{self, AttemptError};
@@ -31,6 +32,13 @@ const UNCONSUMED_ROWS: usize = 16_384;
 const LINGER: Duration = Duration::from_millis(20);
 /// ... unless this many are ready sooner.
 const BATCH_ROWS: usize = 4096;
+/// 429s and 529s do not use up a row's retries while some request of the run succeeded within
+/// this long: the server is serving, just not this request yet. After that they count as usual,
+/// so a server that only refuses still ends the run.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(300);
+/// The backoff exponent of a rate-limited or overloaded retry stops growing here (at most 2 s
+/// without a hint): the run is paced elsewhere, and the row should come back soon after.
+const RATE_LIMIT_BACKOFF_STEPS: u32 = 3;
 
 /// One row to send: its position in the run and its messages.
 pub struct Job {
@@ -116,6 +124,10 @@ struct Shared {
     /// Permits for rows dispatched but not yet polled (see `UNCONSUMED_ROWS`).
     unconsumed: tokio::sync::Semaphore,
     finished: AtomicBool,
+    fail_fast: FailFast,
+    /// When the run began, and milliseconds from then to its latest success.
+    born: Instant,
+    last_success_ms: AtomicU64,
 }
 
 impl Shared {
@@ -129,6 +141,12 @@ impl Shared {
         } else if ready.rows.len() == BATCH_ROWS {
             self.results_ready.notify_all();
         }
+    }
+
+    /// Whether some request of the run succeeded recently (see `RATE_LIMIT_PATIENCE`).
+    fn being_served(&self) -> bool {
+        let last = Duration::from_millis(self.last_success_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last) < RATE_LIMIT_PATIENCE
     }
 
     /// Stops the whole run: auth and quota failures would repeat on every row.
@@ -162,7 +180,6 @@ impl Executor {
                 base: Duration::from_millis(250),
                 cap: Duration::from_secs(30),
             },
-            config,
             client,
             stats: Stats::default(),
             cancel: CancellationToken::new(),
@@ -172,6 +189,10 @@ impl Executor {
             results_ready: Condvar::new(),
             unconsumed: tokio::sync::Semaphore::new(UNCONSUMED_ROWS),
             finished: AtomicBool::new(false),
+            fail_fast: FailFast::new(config.fail_fast),
+            born: Instant::now(),
+            last_success_ms: AtomicU64::new(0),
+            config,
         });
         let (tx, rx) = mpsc::channel(QUEUE_ROWS);
         let dispatcher = shared.clone();
@@ -311,9 +332,14 @@ impl Executor {
         })
     }
 
-    /// The current adaptive concurrency window.
+    /// The concurrency window.
     pub fn concurrency(&self) -> usize {
         self.shared.limiter.concurrency()
+    }
+
+    /// Where the run's pace comes from now (the server's stated limit, a learned one, or none).
+    pub fn pacing(&self) -> Pacing {
+        self.shared.limiter.pacing()
     }
 
     fn stop_reason(&self) -> String {
@@ -373,7 +399,6 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     );
     let estimate = provider::estimate_row_tokens(config.provider, &job.messages, &config.params);
     let request_hash = provider::request_hash(&request.body);
-    let started_at_us = now_us();
     let stats = &shared.stats;
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
     // observability: one span per row
@@ -387,7 +412,8 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
         .instrument(span)
         .await;
     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let (attempts, latency, result) = outcome?;
+    let settled = outcome?;
+    let (attempts, latency, result) = (settled.attempts, settled.latency, settled.result);
     let mut row = RowResult {
         row: job.row,
         ok: false,
@@ -401,7 +427,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
         http_status: None,
         error_type: None,
         error: None,
-        started_at_us,
+        started_at_us: settled.first_sent_us,
         finished_at_us: now_us(),
         request_hash,
     };
@@ -409,6 +435,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     match result {
         Ok(success) => {
             stats.ok.fetch_add(1, Ordering::Relaxed);
+            shared.fail_fast.ok();
             let completion = success.completion;
             if let Some(n) = completion.prompt_tokens {
                 stats.prompt_tokens.fetch_add(n, Ordering::Relaxed);
@@ -426,21 +453,33 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
         }
         Err(err) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
+            let message = config.api_key.redact(&err.message);
+            if let Some(stop) = shared.fail_fast.failed(err.kind, err.http_status, &message) {
+                tracing::error!(cause = err.kind.as_str(), "run stopped: fail fast");
+                shared.stop_fatal(stop);
+            }
             row.http_status = err.http_status;
             row.error_type = Some(err.kind.as_str());
-            row.error = Some(config.api_key.redact(&err.message));
+            row.error = Some(message);
         }
     }
     Some(row)
 }
 
-type Settled = (
-    u32,
-    Duration,
-    std::result::Result<transport::Success, AttemptError>,
-);
+/// A row's last answer, after all its attempts.
+struct Settled {
+    attempts: u32,
+    /// The last attempt's duration.
+    latency: Duration,
+    /// When the first attempt left (after waiting for its turn), microseconds since the epoch.
+    first_sent_us: i64,
+    result: std::result::Result<transport::Success, AttemptError>,
+}
 
 /// Sends until success, a permanent error, or retries run out. `None` if cancelled or fatal.
+///
+/// A 429 or 529 does not use up the row's `max_retries` while the run is being served (some
+/// request succeeded within [`RATE_LIMIT_PATIENCE`]): pacing, not the row, deals with limits.
 async fn attempt_until_settled(
     shared: &Shared,
     request: &PreparedRequest,
@@ -449,12 +488,17 @@ async fn attempt_until_settled(
     let config = &shared.config;
     let stats = &shared.stats;
     let mut attempt: u32 = 0;
+    // Attempts that count against `max_retries`, and the current streak of 429/529s.
+    let mut counted: u32 = 0;
+    let mut limited_streak: u32 = 0;
+    let mut first_sent_us = None;
     loop {
         tokio::select! {
             _ = shared.draining.cancelled() => return None,
             _ = shared.limiter.wait_turn(estimate) => {},
         }
         attempt += 1;
+        first_sent_us.get_or_insert_with(now_us);
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
         let outcome = tokio::select! {
@@ -481,16 +525,27 @@ async fn attempt_until_settled(
                 "failed"
             ),
         }
+        shared.limiter.on_response(&pacing_signal(sent, &outcome));
+        let settled = |result| Settled {
+            attempts: attempt,
+            latency,
+            first_sent_us: first_sent_us.unwrap_or_else(now_us),
+            result,
+        };
         let err = match outcome {
             Ok(success) => {
-                shared.limiter.on_success();
-                return Some((attempt, latency, Ok(success)));
+                let ms = shared.born.elapsed().as_millis() as u64;
+                shared.last_success_ms.fetch_max(ms, Ordering::Relaxed);
+                return Some(settled(Ok(success)));
             }
             Err(err) => err,
         };
-        if matches!(err.kind, ErrorType::RateLimited | ErrorType::Overloaded) {
+        let limited = matches!(err.kind, ErrorType::RateLimited | ErrorType::Overloaded);
+        if limited {
             stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            shared.limiter.on_rate_limited(err.retry_after);
+            limited_streak += 1;
+        } else {
+            limited_streak = 0;
         }
         if err.kind.is_fatal() {
             let status = err
@@ -509,8 +564,11 @@ async fn attempt_until_settled(
             ));
             return None;
         }
-        if !err.kind.is_retryable() || attempt > config.max_retries {
-            return Some((attempt, latency, Err(err)));
+        if !(limited && shared.being_served()) {
+            counted += 1;
+        }
+        if !err.kind.is_retryable() || counted > config.max_retries {
+            return Some(settled(Err(err)));
         }
         tracing::info!(
             attempt,
@@ -521,9 +579,14 @@ async fn attempt_until_settled(
         stats.retries.fetch_add(1, Ordering::Relaxed);
         stats.retries_by_cause.add(err.kind); // observability
         stats.retrying.fetch_add(1, Ordering::Relaxed);
+        let step = if limited {
+            (limited_streak - 1).min(RATE_LIMIT_BACKOFF_STEPS)
+        } else {
+            counted.saturating_sub(1)
+        };
         let delay = shared
             .backoff
-            .delay(attempt - 1, err.retry_after, &mut rand::rng());
+            .delay(step, err.retry_after, &mut rand::rng());
         let cancelled = tokio::select! {
             _ = shared.draining.cancelled() => true,
             _ = tokio::time::sleep(delay) => false,
@@ -532,6 +595,31 @@ async fn attempt_until_settled(
         if cancelled {
             return None;
         }
+    }
+}
+
+/// What an attempt's outcome tells the limiter.
+fn pacing_signal(
+    sent: Instant,
+    outcome: &std::result::Result<transport::Success, AttemptError>,
+) -> Response {
+    match outcome {
+        Ok(success) => Response {
+            sent,
+            answer: Answer::Ok,
+            hint: None,
+            limits: success.limits,
+        },
+        Err(err) => Response {
+            sent,
+            answer: match (err.http_status, err.kind) {
+                (None, _) => Answer::NoResponse,
+                (Some(_), ErrorType::RateLimited) => Answer::RateLimited,
+                (Some(_), _) => Answer::OtherStatus,
+            },
+            hint: err.retry_after,
+            limits: err.limits,
+        },
     }
 }
 

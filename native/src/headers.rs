@@ -1,4 +1,5 @@
-//! Rate-limit header parsing: Retry-After, retry-after-ms and the providers' reset headers.
+//! Rate-limit header parsing: Retry-After, retry-after-ms, the providers' reset headers, and the
+//! limits a server states (`x-ratelimit-*`, `anthropic-ratelimit-*`).
 
 use reqwest::header::HeaderMap;
 use std::time::{Duration, SystemTime};
@@ -50,7 +51,8 @@ fn seconds(secs: f64) -> Option<Duration> {
 /// How long the server asked us to wait, from a response's headers, in this order:
 ///
 /// 1. `retry-after-ms` (milliseconds, fractional allowed; OpenAI),
-/// 2. `retry-after` (seconds or an HTTP date),
+/// 2. `retry-after` (seconds or an HTTP date), then the same hint as gateways forward it under
+///    other names (`llm_provider-retry-after`, LiteLLM's copy of the upstream's header),
 /// 3. Anthropic's `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-reset`
 ///    (RFC 3339 timestamps), for the limits whose `-remaining` is 0 or absent; the latest wins,
 /// 4. OpenAI's `x-ratelimit-reset-{requests,tokens}` (durations such as `6m0s`), for the
@@ -66,8 +68,8 @@ pub fn retry_delay(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             return Some(delay);
         }
     }
-    if let Some(value) = header_str(headers, "retry-after") {
-        if let Some(delay) = parse_retry_after(value, now) {
+    for name in RETRY_AFTER_NAMES {
+        if let Some(delay) = header_str(headers, name).and_then(|v| parse_retry_after(v, now)) {
             return Some(delay);
         }
     }
@@ -88,6 +90,63 @@ pub fn retry_delay(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .filter_map(|limit| header_str(headers, &format!("x-ratelimit-reset-{limit}")))
         .filter_map(parse_duration)
         .max()
+}
+
+/// `retry-after` and the names gateways forward it under, most authoritative first.
+const RETRY_AFTER_NAMES: [&str; 2] = ["retry-after", "llm_provider-retry-after"];
+
+/// What one response says about the server's rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatedLimits {
+    /// Requests allowed per minute (OpenAI `x-ratelimit-limit-requests`, Anthropic
+    /// `anthropic-ratelimit-requests-limit`; both providers state RPM).
+    pub requests_per_minute: Option<u32>,
+    /// Tokens allowed per minute (`x-ratelimit-limit-tokens`, `anthropic-ratelimit-tokens-limit`).
+    pub tokens_per_minute: Option<u32>,
+    /// Some stated limit has nothing left (its `-remaining` is 0): the next request would be
+    /// refused until it resets.
+    pub exhausted: bool,
+}
+
+/// The limits a response states, or `None` when it states none (a gateway, a local server).
+/// Reads OpenAI's `x-ratelimit-{limit,remaining}-{requests,tokens}` and Anthropic's
+/// `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining}`.
+pub fn stated_limits(headers: &HeaderMap) -> Option<StatedLimits> {
+    let number = |name: &str| {
+        header_str(headers, name)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|n| n.is_finite() && *n >= 0.0)
+    };
+    let per_minute = |name: &str| number(name).map(|n| n.min(f64::from(u32::MAX)) as u32);
+    let mut limits = StatedLimits::default();
+    let mut stated = false;
+    for kind in ["requests", "tokens", "input-tokens", "output-tokens"] {
+        let names = [
+            (
+                format!("x-ratelimit-limit-{kind}"),
+                format!("x-ratelimit-remaining-{kind}"),
+            ),
+            (
+                format!("anthropic-ratelimit-{kind}-limit"),
+                format!("anthropic-ratelimit-{kind}-remaining"),
+            ),
+        ];
+        for (limit, remaining) in names {
+            let Some(value) = per_minute(&limit) else {
+                continue;
+            };
+            stated = true;
+            match kind {
+                "requests" => limits.requests_per_minute = Some(value),
+                "tokens" => limits.tokens_per_minute = Some(value),
+                _ => {}
+            }
+            if number(&remaining).is_some_and(|n| n < 1.0) {
+                limits.exhausted = true;
+            }
+        }
+    }
+    stated.then_some(limits)
 }
 
 fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -273,6 +332,61 @@ mod tests {
         for (headers, want) in cases {
             assert_eq!(retry_delay(&map(&headers), now), want, "{headers:?}");
         }
+    }
+
+    #[test]
+    fn gateway_retry_after_names() {
+        let now = SystemTime::now();
+        let cases: Vec<Case> = vec![
+            (vec![("llm_provider-retry-after", "60")], Some(ms(60_000))),
+            // The standard header wins over a gateway's copy.
+            (
+                vec![("retry-after", "2"), ("llm_provider-retry-after", "60")],
+                Some(ms(2_000)),
+            ),
+        ];
+        for (headers, want) in cases {
+            assert_eq!(retry_delay(&map(&headers), now), want, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn stated_limits_of_both_providers() {
+        let none: Vec<(&str, &str)> = vec![("retry-after", "1")];
+        assert_eq!(stated_limits(&map(&none)), None);
+        let openai = map(&[
+            ("x-ratelimit-limit-requests", "2400"),
+            ("x-ratelimit-remaining-requests", "2399"),
+            ("x-ratelimit-limit-tokens", "200000"),
+            ("x-ratelimit-remaining-tokens", "199000"),
+        ]);
+        let want = StatedLimits {
+            requests_per_minute: Some(2400),
+            tokens_per_minute: Some(200_000),
+            exhausted: false,
+        };
+        assert_eq!(stated_limits(&openai), Some(want));
+        let anthropic_out = map(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "12"),
+            ("anthropic-ratelimit-output-tokens-limit", "8000"),
+            ("anthropic-ratelimit-output-tokens-remaining", "0"),
+        ]);
+        let want = StatedLimits {
+            requests_per_minute: Some(50),
+            tokens_per_minute: None,
+            exhausted: true,
+        };
+        assert_eq!(stated_limits(&anthropic_out), Some(want));
+        // A fractional remaining below one request is nothing left; junk values are ignored.
+        let frac = map(&[
+            ("x-ratelimit-limit-requests", "60"),
+            ("x-ratelimit-remaining-requests", "0.4"),
+            ("x-ratelimit-limit-tokens", "lots"),
+        ]);
+        let got = stated_limits(&frac).expect("requests stated");
+        assert!(got.exhausted);
+        assert_eq!(got.tokens_per_minute, None);
     }
 
     #[test]

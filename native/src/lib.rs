@@ -1,16 +1,19 @@
 //! prompt-runner's native core: providers, SSE, retries, rate limits, the executor and the mock server.
 
+pub mod adaptive;
 pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod failfast;
 pub mod headers;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod mock;
+pub mod pacer;
 pub mod provider;
 pub mod retry;
 pub mod runtime;

@@ -1,26 +1,93 @@
-//! Run-wide pacing: governor RPM/TPM quotas, a shared pause after 429s, and adaptive concurrency.
+//! Run-wide pacing: the user's RPM/TPM limits, the server's stated or learned limit, one shared
+//! wait when a limit is used up, and the concurrency slots.
+//!
+//! The policy (ARCHITECTURE.md "Pacing"):
+//! - A limit the server states in its headers (`x-ratelimit-limit-requests`,
+//!   `anthropic-ratelimit-requests-limit`, per minute) paces every request evenly to it, from
+//!   the first response that states it, without waiting for 429s.
+//! - A limit it does not state is learned from the share of 429s among recent responses
+//!   ([`crate::adaptive`]).
+//! - A 429 that says the limit is used up (a stated `-remaining` of 0, or a hint of
+//!   [`LONG_HINT`] or more) makes the whole run wait for the hint: one wait for everybody, which
+//!   429s of requests sent before it began cannot extend.
+//! - Any other 429 or 529 is a passing fault: that request backs off and retries, the others go
+//!   on (see executor.rs).
 
+use crate::adaptive::AdaptiveRate;
+use crate::headers::StatedLimits;
+use crate::pacer::Pacer;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// How long after one concurrency cut the next may come: a burst of 429s from one moment
-/// should halve the concurrency once, not collapse it to 1.
-const DECREASE_COOLDOWN: Duration = Duration::from_secs(1);
+/// A 429 asking for this long or longer says the limit is used up (a closed fixed window, a
+/// gateway's minute), even when no header states it.
+pub const LONG_HINT: Duration = Duration::from_secs(5);
+/// A run-wide wait asked without a hint.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+/// The longest run-wide wait; a later 429 asks again if the limit still holds.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// How one attempt ended, as far as pacing cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A 2xx.
+    Ok,
+    /// A 429 (not a quota error).
+    RateLimited,
+    /// Any other status, 529 included: not about this run's rate.
+    OtherStatus,
+    /// No response at all (connection, timeout): says nothing about limits.
+    NoResponse,
+}
+
+/// One attempt's answer and what came with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Response {
+    /// When the request left (after its turn).
+    pub sent: Instant,
+    pub answer: Answer,
+    /// The server's retry hint (Retry-After and the like).
+    pub hint: Option<Duration>,
+    pub limits: Option<StatedLimits>,
+}
+
+/// Where the run's pace comes from, for progress lines and summaries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pacing {
+    /// No server limit seen.
+    Unpaced,
+    /// The server states its limit in headers: requests per minute.
+    Stated { rpm: u32 },
+    /// Learned from 429s: requests per second.
+    Learned { per_second: f64 },
+}
 
 /// Every request of a run waits here for its turn.
 pub struct Limiter {
-    rpm: Option<DefaultDirectRateLimiter>,
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+    /// The user's `--rpm`: strict over any sliding minute.
+    rpm: Option<Pacer>,
     tpm: Option<TokenQuota>,
-    paused_until: Mutex<Option<Instant>>,
-    /// One waiter at a time asks governor for a cell, the rest queue here in FIFO order:
-    /// without it every waiter wakes at each cell and all but one go back to sleep.
-    gate: tokio::sync::Mutex<()>,
-    concurrency: AdaptiveConcurrency,
+    /// One waiter at a time asks governor for tokens, the rest queue here in FIFO order.
+    tpm_gate: tokio::sync::Mutex<()>,
+    /// The server's pace: stated when it states one, else learned.
+    server: Pacer,
+    /// The requests per minute the server last stated; 0 until it states one.
+    stated_rpm: AtomicU32,
+    learned: Mutex<AdaptiveRate>,
+    pause: Mutex<Pause>,
+}
+
+struct Pause {
+    until: Option<Instant>,
+    /// When the latest run-wide wait began: 429s of requests sent before it are old news.
+    since: Instant,
 }
 
 struct TokenQuota {
@@ -31,37 +98,44 @@ struct TokenQuota {
 
 impl Limiter {
     pub fn new(concurrency: usize, rpm: Option<u32>, tpm: Option<u32>) -> Self {
+        let now = Instant::now();
+        let concurrency = concurrency.max(1);
         Self {
-            rpm: rpm.map(request_quota).map(RateLimiter::direct),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
+            rpm: rpm.map(Pacer::per_minute),
             tpm: tpm.map(token_quota),
-            paused_until: Mutex::new(None),
-            gate: tokio::sync::Mutex::new(()),
-            concurrency: AdaptiveConcurrency::new(concurrency),
+            tpm_gate: tokio::sync::Mutex::new(()),
+            server: Pacer::unpaced(),
+            stated_rpm: AtomicU32::new(0),
+            learned: Mutex::new(AdaptiveRate::new(now)),
+            pause: Mutex::new(Pause {
+                until: None,
+                since: now,
+            }),
         }
     }
 
     /// A slot in the concurrency window; held for the whole life of a row, retries included.
     pub async fn acquire_slot(&self) -> Slot {
-        self.concurrency.acquire().await
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        Slot { _permit: permit }
     }
 
-    /// Waits until this request may be sent: after any shared pause, then RPM, then TPM.
+    /// Waits until this request may be sent: after any run-wide wait, the user's RPM and TPM,
+    /// then the server's pace.
     pub async fn wait_turn(&self, estimated_tokens: u32) {
-        loop {
-            let until = *self.paused_until.lock().unwrap();
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                _ => break,
-            }
-        }
-        if self.rpm.is_none() && self.tpm.is_none() {
-            return;
-        }
-        let _turn = self.gate.lock().await;
+        self.wait_pause().await;
         if let Some(rpm) = &self.rpm {
-            rpm.until_ready().await;
+            rpm.wait().await;
         }
         if let Some(tpm) = &self.tpm {
+            let _turn = self.tpm_gate.lock().await;
             // governor refuses a charge above the bucket's capacity, so a large request is
             // charged in capacity-sized pieces: it waits as long as its tokens need.
             let mut remaining = estimated_tokens.max(1);
@@ -71,45 +145,86 @@ impl Limiter {
                 remaining -= piece.get();
             }
         }
+        self.server.wait().await;
+        // A wait that began while this request queued holds it too.
+        self.wait_pause().await;
     }
 
-    /// A 429 (or overload) slows the whole run: every request pauses for the server's hint,
-    /// and the concurrency window shrinks.
-    pub fn on_rate_limited(&self, retry_after: Option<Duration>) {
-        if let Some(delay) = retry_after {
-            let until = Instant::now() + delay;
-            let mut paused = self.paused_until.lock().unwrap();
-            if paused.is_none_or(|p| p < until) {
-                *paused = Some(until);
+    async fn wait_pause(&self) {
+        loop {
+            let until = self.pause.lock().unwrap().until;
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
             }
         }
-        self.concurrency.decrease();
     }
 
-    /// A success lets the window grow back, one slot per window's worth of successes.
-    pub fn on_success(&self) {
-        self.concurrency.increase();
+    /// Learns from one attempt's answer (see the module's policy).
+    pub fn on_response(&self, response: &Response) {
+        if let Some(rpm) = response.limits.and_then(|l| l.requests_per_minute) {
+            if rpm > 0 && self.stated_rpm.swap(rpm, Ordering::Relaxed) != rpm {
+                self.server.set_rate(Some(f64::from(rpm) / 60.0));
+                tracing::info!(rpm, "pacing to the server's stated limit");
+            }
+        }
+        let stated = self.stated_rpm.load(Ordering::Relaxed) > 0;
+        if response.answer == Answer::RateLimited {
+            let used_up = response.limits.is_some_and(|l| l.exhausted)
+                || response.hint.is_some_and(|h| h >= LONG_HINT);
+            if used_up {
+                self.wait_for_everybody(response.sent, response.hint.unwrap_or(DEFAULT_PAUSE));
+            }
+        }
+        if stated || response.answer == Answer::NoResponse {
+            return;
+        }
+        let limited = response.answer == Answer::RateLimited;
+        let mut learned = self.learned.lock().unwrap();
+        if let Some(rate) = learned.record(limited, Instant::now()) {
+            // A stated limit may have arrived meanwhile; it takes precedence.
+            if self.stated_rpm.load(Ordering::Relaxed) == 0 {
+                self.server.set_rate(rate);
+                tracing::info!(?rate, "pace learned from 429s");
+            }
+        }
     }
 
-    /// The current concurrency window (for stats).
+    /// The whole run waits `delay`, once: a 429 of a request sent before the current wait
+    /// began says nothing new and cannot extend or renew it.
+    fn wait_for_everybody(&self, sent: Instant, delay: Duration) {
+        let now = Instant::now();
+        let until = now + delay.min(MAX_PAUSE);
+        let mut pause = self.pause.lock().unwrap();
+        if sent < pause.since {
+            return;
+        }
+        match pause.until {
+            Some(current) if current >= until => {}
+            Some(current) if current > now => pause.until = Some(until),
+            _ => {
+                pause.until = Some(until);
+                pause.since = now;
+            }
+        }
+    }
+
+    /// Where the pace comes from now.
+    pub fn pacing(&self) -> Pacing {
+        match self.stated_rpm.load(Ordering::Relaxed) {
+            0 => match self.server.rate() {
+                Some(per_second) => Pacing::Learned { per_second },
+                None => Pacing::Unpaced,
+            },
+            rpm => Pacing::Stated { rpm },
+        }
+    }
+
+    /// The concurrency window (for stats).
     pub fn concurrency(&self) -> usize {
-        self.concurrency.limit.load(Ordering::Relaxed)
+        self.concurrency
     }
 }
-
-/// Evenly spaced requests: the server sees at most `rpm` in any minute and never a clump that a
-/// per-second bucket would refuse. The bucket holds two requests, not one: with one, every
-/// wake-up that comes a little late (timer and scheduling, ~0.25 ms) pushes all later requests
-/// back, and a 200/s limit ran at 190/s; the second lets a late request catch up.
-fn request_quota(rpm: u32) -> Quota {
-    let period = Duration::from_secs_f64(60.0 / f64::from(rpm.max(1)));
-    Quota::with_period(period)
-        .expect("period is positive")
-        .allow_burst(REQUEST_BURST)
-}
-
-/// See [`request_quota`].
-const REQUEST_BURST: NonZeroU32 = NonZeroU32::new(2).unwrap();
 
 /// Tokens refill continuously at `tpm`/minute; the bucket holds one second's worth, so a run
 /// starts at the limit's pace instead of spending a minute's budget in one burst.
@@ -125,137 +240,108 @@ fn token_quota(tpm: u32) -> TokenQuota {
     }
 }
 
-/// AIMD concurrency window over a semaphore: halve on 429, add one slot per window of successes.
-struct AdaptiveConcurrency {
-    sem: Arc<Semaphore>,
-    max: usize,
-    limit: AtomicUsize,
-    /// Slots to retire as they come back (a cut cannot revoke permits that are in use).
-    debt: Arc<AtomicUsize>,
-    successes: AtomicUsize,
-    last_decrease: Mutex<Option<Instant>>,
-}
-
-/// A held concurrency slot; returning it pays off any pending cut first.
+/// A held concurrency slot.
 pub struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    debt: Arc<AtomicUsize>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            let paid = self
-                .debt
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-                .is_ok();
-            if paid {
-                permit.forget();
-            }
-        }
-    }
-}
-
-impl AdaptiveConcurrency {
-    fn new(max: usize) -> Self {
-        Self {
-            sem: Arc::new(Semaphore::new(max)),
-            max,
-            limit: AtomicUsize::new(max),
-            debt: Arc::new(AtomicUsize::new(0)),
-            successes: AtomicUsize::new(0),
-            last_decrease: Mutex::new(None),
-        }
-    }
-
-    async fn acquire(&self) -> Slot {
-        let permit = self
-            .sem
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        Slot {
-            permit: Some(permit),
-            debt: self.debt.clone(),
-        }
-    }
-
-    fn decrease(&self) {
-        let now = Instant::now();
-        {
-            let mut last = self.last_decrease.lock().unwrap();
-            if last.is_some_and(|t| now.duration_since(t) < DECREASE_COOLDOWN) {
-                return;
-            }
-            *last = Some(now);
-        }
-        let current = self.limit.load(Ordering::Acquire);
-        let target = (current / 2).max(1);
-        if target < current {
-            self.limit.store(target, Ordering::Release);
-            self.debt.fetch_add(current - target, Ordering::AcqRel);
-            self.successes.store(0, Ordering::Relaxed);
-        }
-    }
-
-    fn increase(&self) {
-        let limit = self.limit.load(Ordering::Acquire);
-        if limit >= self.max {
-            return;
-        }
-        if self.successes.fetch_add(1, Ordering::AcqRel) + 1 < limit {
-            return;
-        }
-        self.successes.store(0, Ordering::Relaxed);
-        if self
-            .limit
-            .compare_exchange(limit, limit + 1, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return;
-        }
-        // Cancel an unpaid cut before minting a new permit.
-        let cancelled = self
-            .debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-            .is_ok();
-        if !cancelled {
-            self.sem.add_permits(1);
-        }
-    }
+    _permit: OwnedSemaphorePermit,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn halves_on_429_and_grows_back() {
-        let limiter = Limiter::new(8, None, None);
-        let slots: Vec<_> =
-            futures_util::future::join_all((0..8).map(|_| limiter.acquire_slot())).await;
-        limiter.on_rate_limited(None);
-        assert_eq!(limiter.concurrency(), 4);
-        // A second 429 within the cooldown does not cut again.
-        limiter.on_rate_limited(None);
-        assert_eq!(limiter.concurrency(), 4);
-        drop(slots);
-        assert_eq!(limiter.concurrency.sem.available_permits(), 4);
-        for _ in 0..4 {
-            limiter.on_success();
+    fn answer(sent: Instant, answer: Answer, hint: Option<Duration>) -> Response {
+        Response {
+            sent,
+            answer,
+            hint,
+            limits: None,
         }
-        assert_eq!(limiter.concurrency(), 5);
-        assert_eq!(limiter.concurrency.sem.available_permits(), 5);
+    }
+
+    fn stated(rpm: u32, exhausted: bool) -> Option<StatedLimits> {
+        Some(StatedLimits {
+            requests_per_minute: Some(rpm),
+            tokens_per_minute: None,
+            exhausted,
+        })
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn pause_delays_every_request() {
+    async fn a_used_up_limit_makes_everybody_wait_once() {
         let limiter = Limiter::new(4, None, None);
-        limiter.on_rate_limited(Some(Duration::from_millis(200)));
+        let before = Instant::now();
+        let mut r = answer(
+            before,
+            Answer::RateLimited,
+            Some(Duration::from_millis(200)),
+        );
+        r.limits = stated(6000, true);
+        limiter.on_response(&r);
         let start = Instant::now();
         limiter.wait_turn(10).await;
-        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(start.elapsed() >= Duration::from_millis(190));
+        // 429s of requests sent before that wait began do not start another one.
+        let mut stale = answer(
+            before,
+            Answer::RateLimited,
+            Some(Duration::from_millis(200)),
+        );
+        stale.limits = stated(6000, true);
+        limiter.on_response(&stale);
+        let start = Instant::now();
+        limiter.wait_turn(10).await;
+        assert!(start.elapsed() < Duration::from_millis(100), "chained wait");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_429_with_room_left_or_a_short_hint_holds_nobody() {
+        let limiter = Limiter::new(4, None, None);
+        let mut r = answer(
+            Instant::now(),
+            Answer::RateLimited,
+            Some(Duration::from_secs(1)),
+        );
+        r.limits = stated(600_000, false);
+        limiter.on_response(&r);
+        // Unstated, a one-second hint: a passing fault as far as the run is concerned.
+        let other = Limiter::new(4, None, None);
+        other.on_response(&answer(
+            Instant::now(),
+            Answer::RateLimited,
+            Some(Duration::from_secs(1)),
+        ));
+        let start = Instant::now();
+        limiter.wait_turn(10).await;
+        other.wait_turn(10).await;
+        assert!(start.elapsed() < Duration::from_millis(100));
+        // A long hint says the limit is used up even without headers.
+        other.on_response(&answer(
+            Instant::now(),
+            Answer::RateLimited,
+            Some(LONG_HINT),
+        ));
+        assert!(other.pause.lock().unwrap().until.is_some());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stated_limit_paces_from_the_first_response_that_states_it() {
+        let limiter = Limiter::new(4, None, None);
+        assert_eq!(limiter.pacing(), Pacing::Unpaced);
+        let mut r = answer(Instant::now(), Answer::Ok, None);
+        r.limits = stated(6000, false); // 100 a second
+        limiter.on_response(&r);
+        assert_eq!(limiter.pacing(), Pacing::Stated { rpm: 6000 });
+        let start = std::time::Instant::now();
+        for _ in 0..51 {
+            limiter.wait_turn(1).await;
+        }
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(495), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(530), "{elapsed:?}");
+        // The limit halves: the pace follows at the next response.
+        r.limits = stated(3000, false);
+        limiter.on_response(&r);
+        assert_eq!(limiter.pacing(), Pacing::Stated { rpm: 3000 });
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -266,8 +352,7 @@ mod tests {
             limiter.wait_turn(1).await;
         }
         let elapsed = start.elapsed();
-        // Never faster than the rate (beyond the bucket of 2), and no time lost to late wake-ups
-        // (a bucket of 1 took 2,040 ms: ~0.2 ms lost per request).
+        // Never faster than the rate, and no time lost to late wake-ups.
         assert!(elapsed >= Duration::from_millis(1_990), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(2_015), "{elapsed:?}");
     }

@@ -8,6 +8,7 @@ use crate::client::{
 use crate::config::RunConfig;
 use crate::error::Error;
 use crate::executor::{Executor as NativeExecutor, Job, Poll};
+use crate::limiter::Pacing;
 use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
 use crate::provider::{Message, Messages};
@@ -168,6 +169,14 @@ impl Executor {
             dict.set_item(name, value.load(Ordering::Relaxed))?;
         }
         dict.set_item("concurrency", self.inner.concurrency())?;
+        // Where the pace comes from: the server's stated limit, one learned from 429s, or none.
+        let (source, per_second) = match self.inner.pacing() {
+            Pacing::Unpaced => (None, None),
+            Pacing::Stated { rpm } => (Some("stated"), Some(f64::from(rpm) / 60.0)),
+            Pacing::Learned { per_second } => (Some("learned"), Some(per_second)),
+        };
+        dict.set_item("pace_source", source)?;
+        dict.set_item("pace_rps", per_second)?;
         Ok(dict)
     }
 

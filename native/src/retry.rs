@@ -137,11 +137,20 @@ pub fn classify_status(kind: ProviderKind, status: u16, body: &[u8]) -> ErrorTyp
         409 => ErrorType::Conflict,
         404 => ErrorType::NotFound,
         529 => ErrorType::Overloaded,
+        // OpenAI sheds load with a 503 "The server is overloaded or not ready yet."
+        503 if mentions_overload(body) => ErrorType::Overloaded,
         500..=599 => ErrorType::ServerError,
         400..=499 => ErrorType::BadRequest,
         // 1xx/3xx as a final answer: not something either API sends.
         _ => ErrorType::InvalidResponse,
     }
+}
+
+fn mentions_overload(body: &[u8]) -> bool {
+    let head = &body[..body.len().min(2048)];
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .contains("overloaded")
 }
 
 fn is_quota_body(kind: ProviderKind, body: &[u8]) -> bool {
@@ -265,6 +274,12 @@ mod tests {
             (OpenAi, 500, "", ServerError),
             (OpenAi, 502, "<html>bad gateway</html>", ServerError),
             (OpenAi, 503, "", ServerError),
+            (
+                OpenAi,
+                503,
+                r#"{"error":{"message":"The server is overloaded or not ready yet.","type":"server_error"}}"#,
+                Overloaded,
+            ),
             (OpenAi, 504, "", ServerError),
             (OpenAi, 520, "", ServerError),
             (Anthropic, 529, "", Overloaded),

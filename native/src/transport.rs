@@ -45,6 +45,8 @@ pub struct Success {
     pub http_status: u16,
     /// Time from sending to the first non-empty text delta (streaming only).
     pub ttft: Option<Duration>,
+    /// The rate limits the response's headers state, if any.
+    pub limits: Option<headers::StatedLimits>,
 }
 
 /// A failed attempt, classified for the retry policy. `message` never contains request
@@ -58,6 +60,8 @@ pub struct AttemptError {
     pub message: String,
     /// How long the server asked us to wait (Retry-After, reset headers), if it said.
     pub retry_after: Option<Duration>,
+    /// The rate limits the response's headers state, if a response came and stated any.
+    pub limits: Option<headers::StatedLimits>,
 }
 
 impl AttemptError {
@@ -67,6 +71,7 @@ impl AttemptError {
             http_status,
             message: message.into(),
             retry_after: None,
+            limits: None,
         }
     }
 }
@@ -153,6 +158,7 @@ async fn attempt(
         .map_err(|e| request_error(&e, None))?;
     let status = response.status().as_u16();
     *status_out = Some(status);
+    let limits = headers::stated_limits(response.headers());
 
     if !response.status().is_success() {
         let retry_after = headers::retry_delay(response.headers(), SystemTime::now());
@@ -164,6 +170,7 @@ async fn attempt(
             format!("HTTP {status}: {}", provider::error_message(kind, &body)),
         );
         error.retry_after = retry_after;
+        error.limits = limits;
         return Err(error);
     }
 
@@ -192,6 +199,7 @@ async fn attempt(
             completion,
             http_status: status,
             ttft: None,
+            limits,
         });
     }
 
@@ -248,6 +256,7 @@ async fn attempt(
         completion,
         http_status: status,
         ttft,
+        limits,
     })
 }
 
