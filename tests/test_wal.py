@@ -77,13 +77,10 @@ def test_sigkill_then_a_torn_log_tail_is_ignored_and_the_run_resumes(tmp_path: P
     env = {"OPENAI_API_KEY": server.api_key}
     log_dir = tmp_path / "out.parquet.run" / "log"
     proc = spawn(*run_args(path, out, server), env=env)
-    while stats(server)["requests"] < 0.3 * rows:
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.002)
-    # Kill while the log holds a few polls' rows (a new segment starts with each part).
     deadline = time.monotonic() + 30
+    # Kill while the log holds a few polls' rows (it is emptied each time a part is written).
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(segment_batches(max(log_dir.glob("*.arrows"), default=log_dir))) >= 5:
+        if log_dir.is_dir() and len(segment_batches(max(log_dir.glob("*.arrows"), default=log_dir))) >= 5:
             break
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
