@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import pyarrow.compute as pc
 
 from runner import __version__, endpoint, memory, observability
-from runner.checkpoint import OutputError, RunDir, digests_in_background, oserror_text
+from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, digests_in_background, oserror_text
 from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError
 from runner.lane import LaneRun
@@ -25,11 +25,8 @@ from runner.render import RequestSpec, plan
 from runner.schema import META_CONFIG, META_SUMMARY
 from runner.shutdown import Shutdown, stop_signals
 
-#: How long one poll of the executors waits at most (while requests are slow it waits less:
-#: see LaneRun.poll_wait).
+#: How long one poll of the executors waits at most; also the pace of progress.
 POLL_SECONDS = 0.2
-#: Progress is updated at most this often (the run loop may turn much faster).
-PROGRESS_SECONDS = 0.05
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -179,6 +176,8 @@ class Batch:
         self, endpoints: list[endpoint.Endpoint], run_dir: RunDir, total: int, schemas: dict[Path, list[Any]]
     ) -> int:
         o = self.opts
+        # Never hold back more than 0.5 % of the rows (nor a second's worth) unwritten.
+        run_dir.flush_rows = min(FLUSH_ROWS, max(1, total * len(self.lanes) // 200))
         settled, spent = run_dir.saved(o.retry_failed)
         grand_total = total * len(self.lanes)
         to_send = grand_total - sum(1 for r in settled if r < grand_total)
@@ -206,13 +205,9 @@ class Batch:
         over_budget = False
         label = f"{self.lanes[0].provider}/{self.lanes[0].model}" if len(lanes) == 1 else f"{len(lanes)} models"
         active = list(lanes)
-        shown = 0.0
         with Progress(total=to_send, label=label, stream=self.err) as progress, stop_signals(stop):
             while active:
-                # Short waits while requests are slow, so a result is logged soon after it
-                # arrives (and, gated, frees its lane to send the next row; see lane.Credits).
-                longest = run_dir.seconds_to_flush(POLL_SECONDS)
-                wait = min(lane.poll_wait(longest) for lane in active) / len(active)
+                wait = run_dir.seconds_to_flush(POLL_SECONDS) / len(active)
                 for lane in list(active):
                     tables = lane.poll(wait)
                     if tables is None:
@@ -225,37 +220,24 @@ class Batch:
                             run_dir.append(table)
                             if o.max_cost is not None:
                                 spent += pc.sum(table.column("cost_usd")).as_py() or 0.0
-                        run_dir.sync_log()  # in the OS's hands before the next poll: kill -9 proof
-                        lane.logged()
-                    except OutputError as err:
+                    except OutputError as err:  # pragma: no cover - append does no I/O
                         write_error = err
-                        for each in lanes:
-                            each.executor.cancel()
-                            each.credits.open()
                 stop.check()
-                if stop.requested:
-                    for lane in lanes:
-                        lane.credits.open()
                 if o.max_cost is not None and spent >= o.max_cost and not over_budget:
                     over_budget = True
                     for lane in lanes:
                         lane.executor.drain()
-                        lane.credits.open()
                     print(f"\nbudget reached: ${spent:.4f} of ${o.max_cost:g}; no new requests are sent", file=self.err)
                 if write_error is None:
                     try:
                         if run_dir.flush_due():
-                            run_dir.flush(wait=False)  # on the part writer's thread
+                            run_dir.flush()
                     except OutputError as err:
                         write_error = err
                         for lane in lanes:
                             lane.executor.cancel()
-                            lane.credits.open()
-                if time.monotonic() - shown >= PROGRESS_SECONDS:
-                    shown = time.monotonic()
-                    self._progress(progress, lanes)
+                self._progress(progress, lanes)
                 memory.trim()
-            self._progress(progress, lanes)
         if write_error is None:
             try:
                 run_dir.flush()

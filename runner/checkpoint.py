@@ -7,23 +7,11 @@ Layout::
         lock                  held (flock) by the process that is running it
         parts/part-000001.parquet
         parts/part-000002.parquet ...
-        log/000007.arrows     the write-ahead log of rows not yet in a part (runner.wal)
 
-Every poll's finished rows (input columns + results + `_row`) are appended to the log and handed
-to the OS before the run loop polls again, so a `kill -9` loses none of them; they also wait in
-memory until they are written as a part. Each part is written to a temporary file, fsynced, then
-renamed into place: a crash leaves either a whole part or none, and a part that does not open (a
-torn copy, a disk error) is skipped. Once a part is in place, the log segments that held its rows
-are deleted. A later part wins over an earlier one for the same `_row` (a failed row retried on a
-rerun), and the log is later than every part. The process that takes the run over folds the
-log a crash left behind into a part first (`prepare`), so a resume starts from parts only.
-
-What a crash costs (see runner.wal for the details):
-
-- a process crash: only the requests in flight and the answers the executor has not handed to
-  the run loop yet; nothing the run loop has seen;
-- a power loss: at most about a second of results (the log is fsynced at most once a second,
-  a part when it is written, at least every second).
+Each part holds finished rows (input columns + results + `_row`), written to a temporary
+file, fsynced, then renamed into place: a crash leaves either a whole part or none, and a
+part that does not open (a torn copy, a disk error) is skipped. A later part wins over an
+earlier one for the same `_row` (a failed row retried on a rerun).
 """
 
 from __future__ import annotations
@@ -46,24 +34,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runner.errors import InputError, RunnerError
-from runner.wal import ResultLog, read_log, segment_number, segments
 
 if TYPE_CHECKING:
     from runner.output_stream import OutputStream
 
-#: Results wait at most this long in memory (and in the log) before they are written as a part ...
+#: Results wait at most this long in memory before they are written ...
 FLUSH_SECONDS = 1.0
-#: ... or less: a part is written once this many rows wait. A `kill -9` loses none of them (they
-#: are in the log): these bound the memory they take and the log's size. (Before the log, a run
-#: wrote a part as soon as 0.5 % of its rows waited, and a kill lost up to that many.)
-FLUSH_ROWS = 5_000
-#: Parts are written on a thread (the run loop goes on polling, and the log covers the rows
-#: meanwhile); the run loop waits when this many are handed over and not yet written.
-PARTS_QUEUED = 2
+#: ... or less: a part is written once this many rows wait. The run sets it to 0.5 % of its
+#: rows, so a `kill -9` re-sends only the requests in flight plus at most 0.5 % of the rows.
+FLUSH_ROWS = 20_000
 #: Frequent flushes make small parts; this many are merged into one, so a long slow run
-#: (a part a second) does not leave millions of files behind. Row-count flushes make parts of
-#: FLUSH_ROWS, which are not small, so a fast run merges none: merging rewrote every row once
-#: more (100k rows at 0 ms: 1.7 % of the client's CPU, and 25 MB of peak RSS).
+#: (a part a second) does not leave millions of files behind. A run's row-count flushes make
+#: at most ~200 parts (0.5 % of its rows each), so a fast run merges none: merging rewrote every
+#: row once more (100k rows at 0 ms: 1.7 % of the client's CPU, and 25 MB of peak RSS).
 MERGE_PARTS = 256
 #: The streamed output's temporary file in the run directory (`{}`: the process id).
 STREAM_TMP = ".output-{}.tmp"
@@ -171,8 +154,6 @@ class RunDir:
         self.output = output
         self.path = run_dir_for(output)
         self.parts = self.path / "parts"
-        self.log_dir = self.path / "log"
-        self._log: ResultLog | None = None
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self.flush_rows = FLUSH_ROWS
@@ -182,10 +163,6 @@ class RunDir:
         #: Small parts this process wrote (only its own: their rows appear in no later part).
         self._small: list[Path] = []
         self._stream: OutputStream | None = None
-        #: The part writer: (rows, the log segments holding them) to write as a part, then delete.
-        self._jobs: queue.Queue[tuple[pa.Table, list[Path]] | None] | None = None
-        self._part_writer: threading.Thread | None = None
-        self._writer_error: BaseException | None = None
 
     # -- the run's record ------------------------------------------------------------------
 
@@ -215,7 +192,6 @@ class RunDir:
         """Creates the directory (or reopens it), takes the lock, and clears temporary files."""
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
-            self.log_dir.mkdir(exist_ok=True)
             fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise OutputError(f"{self.output}: cannot write the run state in {self.path}: {oserror_text(err)}") from None
@@ -230,32 +206,8 @@ class RunDir:
         for leftover in [*self.parts.glob(".*.tmp-*"), *self.path.glob(STREAM_TMP.format("*"))]:
             leftover.unlink(missing_ok=True)
         self._next_part = 1 + max((self._part_number(p) for p in self._part_files()), default=0)
-        left = segments(self.log_dir)
-        self._fold_log(left)
-        self._log = ResultLog(self.log_dir, first=1 + max((segment_number(p) for p in left), default=0))
-
-    def _fold_log(self, left: list[Path]) -> None:
-        """Writes the rows a crashed run left in the log as a part, then removes the log: the
-        run goes on from parts only. A crash in between leaves them in both (same results)."""
-        if not left:
-            return
-        tables = read_log(left)
-        if tables:
-            self._write_part(concat_rows(tables), own=False)
-        for path in left:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as err:
-                raise OutputError(f"{path}: cannot remove a log segment already saved as a part: {oserror_text(err)}") from None
 
     def release(self) -> None:
-        if self._jobs is not None and self._part_writer is not None:
-            self._jobs.put(None)
-            self._part_writer.join()
-            self._jobs = self._part_writer = None
-        if self._log is not None:
-            self._log.close()  # kept: what is in no part yet (a write failed) is folded in later
-            self._log = None
         if self._stream is not None:
             self._stream.abort()
             self._stream = None
@@ -307,26 +259,14 @@ class RunDir:
                 continue
         return good
 
-    def log_segments(self) -> list[Path]:
-        """The log segments present: rows a running or crashed run has in no part yet."""
-        return segments(self.log_dir)
-
     def latest(self, columns: list[str] | None = None) -> pl.DataFrame:
-        """The latest result of every row so far (all columns, or the ones named): parts, then
-        the log (later than every part). The log is read first: a segment deleted meanwhile
-        had its rows in a part by then, which the parts read next include."""
-        logged = []
-        for table in read_log(self.log_segments()):
-            frame = pl.from_arrow(table)
-            assert isinstance(frame, pl.DataFrame)
-            logged.append(frame.select([c for c in columns if c in frame.columns]) if columns else frame)
+        """The latest result of every row so far (all columns, or the ones named)."""
         frames = []
         for path in self.readable_parts():
             try:
                 frames.append(pl.read_parquet(path, columns=columns))
             except (OSError, pl.exceptions.ComputeError):
                 continue
-        frames += logged
         if not frames:
             return pl.DataFrame({"_row": pl.Series([], dtype=pl.Int64)})
         merged = pl.concat(frames, how="diagonal_relaxed")
@@ -354,24 +294,10 @@ class RunDir:
         return True
 
     def append(self, table: pa.Table) -> None:
-        """Finished rows: into the log's buffer (`sync_log` hands it to the OS) and memory,
-        where they wait for their part (and the streamed output, which gets them with it)."""
-        if self._log is not None:
-            try:
-                self._log.write(table)
-            except OSError as err:
-                raise OutputError(f"{self.log_dir}: cannot log results: {oserror_text(err)}") from None
         self._pending.append(table)
         self._pending_rows += table.num_rows
-
-    def sync_log(self) -> None:
-        """Hands the rows appended so far to the OS (a process crash no longer loses them), and
-        fsyncs the log when its last fsync is SYNC_SECONDS old. Called after every poll."""
-        if self._log is not None:
-            try:
-                self._log.flush()
-            except OSError as err:
-                raise OutputError(f"{self.log_dir}: cannot log results: {oserror_text(err)}") from None
+        if self._stream is not None:
+            self._stream.add(table)
 
     def flush_due(self) -> bool:
         return bool(self._pending) and (
@@ -384,63 +310,18 @@ class RunDir:
             return longest
         return max(0.0, min(longest, FLUSH_SECONDS - (time.monotonic() - self._last_flush)))
 
-    def flush(self, wait: bool = True) -> None:
-        """Hands the waiting rows, and the log segments that hold them, to the part writer (a
-        thread), which writes them as the next part and deletes the segments once it is durably
-        in place. With `wait`, returns once every part handed over is written. Raises what
-        writing a part raised (OutputError for a full disk), here or at the next call."""
+    def flush(self) -> None:
+        """Writes the waiting rows as the next part file."""
         self._last_flush = time.monotonic()
-        self._raise_writer_error()
-        if self._pending:
-            sealed = self._log.seal() if self._log is not None else []
-            table = concat_rows(self._pending)
-            self._pending, self._pending_rows = [], 0
-            if self._stream is not None:
-                # A part's rows at a time: polls may be of a row or two each while requests
-                # are slow (runner.batch), too many tables for the stream to hold.
-                self._stream.add(table)
-            self._writer_jobs().put((table, sealed))
-        if wait and self._jobs is not None:
-            self._jobs.join()
-            self._raise_writer_error()
+        if not self._pending:
+            return
+        self._write_part(concat_rows(self._pending))
+        self._pending.clear()
+        self._pending_rows = 0
+        if len(self._small) >= MERGE_PARTS:
+            self._merge_small()
 
-    def _raise_writer_error(self) -> None:
-        if self._writer_error is not None:
-            raise self._writer_error
-
-    def _writer_jobs(self) -> queue.Queue[tuple[pa.Table, list[Path]] | None]:
-        if self._jobs is None:
-            self._jobs = queue.Queue(maxsize=PARTS_QUEUED)
-            self._part_writer = threading.Thread(target=self._write_parts, name="part-writer", daemon=True)
-            self._part_writer.start()
-        return self._jobs
-
-    def _write_parts(self) -> None:
-        """The part writer's thread. After a failure it writes nothing more: the rows stay in
-        the log, which the next run folds into a part."""
-        assert self._jobs is not None
-        while True:
-            job = self._jobs.get()
-            try:
-                if job is None:
-                    return
-                if self._writer_error is not None:
-                    continue
-                table, sealed = job
-                self._write_part(table)
-                for path in sealed:  # the part is durably in place
-                    try:
-                        path.unlink(missing_ok=True)
-                    except OSError:
-                        pass  # only duplicates of the part's rows
-                if len(self._small) >= MERGE_PARTS:
-                    self._merge_small()
-            except BaseException as err:  # handed to the run loop
-                self._writer_error = err
-            finally:
-                self._jobs.task_done()
-
-    def _write_part(self, table: pa.Table, own: bool = True) -> None:
+    def _write_part(self, table: pa.Table) -> None:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"
         table = table.combine_chunks()
         try:
@@ -448,7 +329,7 @@ class RunDir:
         except OSError as err:
             raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
         self._next_part += 1
-        if own and table.num_rows < SMALL_PART_ROWS:
+        if table.num_rows < SMALL_PART_ROWS:
             self._small.append(dest)
 
     def _merge_small(self) -> None:

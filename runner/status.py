@@ -73,8 +73,6 @@ def _metrics(output: Path) -> dict[str, Any]:
 
 
 def _output_is_current(run_dir: RunDir) -> bool:
-    if run_dir.log_segments():  # rows a later run got and was killed before it saved them
-        return False
     parts = run_dir.readable_parts()
     return not parts or run_dir.output.stat().st_mtime >= max(p.stat().st_mtime for p in parts)
 
