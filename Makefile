@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 SHELL  := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help build binary demo test test-rust test-python bench clean
+.PHONY: help build binary demo test test-rust test-python bench bench-pacing clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ bench: build ## benchmarks: prompt-runner vs hand-written baselines and wrk (abo
 	$(BIN)/pip install --quiet 'openai>=1.40' 'aiohttp>=3.9'
 	command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || echo "wrk not installed: no raw ceiling")
 	$(BIN)/python benches/bench.py
+
+bench-pacing: build ## pacing under rate limits, overloads and scattered faults, and behind a LiteLLM proxy (about 8 minutes)
+	$(BIN)/pip install --quiet 'openai>=1.40'
+	$(BIN)/python benches/pacing.py
 
 clean: ## remove build outputs, the venv and example runs
 	rm -rf target $(VENV) runs runner/_native*.so

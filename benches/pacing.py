@@ -205,15 +205,18 @@ def gateway(work: Path) -> None:
     with litellm_proxy(rpm=rpm) as (base, key, model):
         started = time.time()
         wall, t = run_pr(data, work / "gateway.parquet", base, key=key, model=model)
-    # The fixed window admits `rpm` requests per calendar minute: the last row can go at the
-    # start of minute ceil(n / rpm) - 1 after the one the run started in.
+    # The limit allows `rpm` requests a minute: n rows take 60 n / rpm seconds at that rate. A
+    # client that sends each calendar minute's `rpm` in a burst at its start (the window is fixed)
+    # can finish sooner: the last rows go at the start of minute ceil(n / rpm) - 1 after the first.
+    steady = 60 * n / rpm
     first_minute_end = math.floor(started / 60) * 60 + 60
-    ideal = first_minute_end + 60 * (math.ceil(n / rpm) - 2) - started
+    bursting = first_minute_end + 60 * (math.ceil(n / rpm) - 2) - started
     ok = t["status"].count("ok")
-    attempts = sum(t["attempts"])
+    refused = sum(t["attempts"]) - n
     record(f"6 LiteLLM proxy, {rpm} rpm calendar window, {n} rows, no --rpm",
-           f"{ok}/{n} ok in {wall:.0f} s (the limit allows ~{ideal:.0f} s); {attempts} requests",
-           "every row ok, close to the time the limit allows", ok == n and wall <= ideal + 70)
+           f"{ok}/{n} ok in {wall:.0f} s, {refused} 429s (at {rpm}/min: {steady:.0f} s; "
+           f"bursting each calendar minute: ~{bursting:.0f} s)",
+           f"every row ok, within the time {rpm}/min allows", ok == n and wall <= steady * 1.05)
 
 
 def main() -> int:

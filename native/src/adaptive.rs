@@ -101,10 +101,10 @@ impl AdaptiveRate {
         self.floor
     }
 
-    /// Counts one response (`limited`: a 429). Returns the new pace when it changed.
-    pub fn record(&mut self, limited: bool, now: Instant) -> Option<Option<f64>> {
-        self.current.responses += 1;
-        self.current.limited += u64::from(limited);
+    /// Counts `responses` answers, `limited` of them 429s. Returns the new pace when it changed.
+    pub fn record(&mut self, responses: u64, limited: u64, now: Instant) -> Option<Option<f64>> {
+        self.current.responses += responses;
+        self.current.limited += limited;
         if now.saturating_duration_since(self.current_start) < TICK {
             return None;
         }
@@ -312,7 +312,7 @@ mod tests {
             let rate = ctl.rate().unwrap_or(200.0);
             t += 1.0 / rate;
             let limited = server.answer(t, &mut rng);
-            ctl.record(limited, start + Duration::from_secs_f64(t));
+            ctl.record(1, u64::from(limited), start + Duration::from_secs_f64(t));
             let slot = &mut per_second[t as usize];
             slot.0 += 1;
             slot.1 += u32::from(limited);

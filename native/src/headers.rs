@@ -108,6 +108,50 @@ pub struct StatedLimits {
     pub exhausted: bool,
 }
 
+/// (limit kind, limit header, remaining header) for both providers.
+const STATED_LIMIT_HEADERS: [(&str, &str, &str); 8] = [
+    (
+        "requests",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+    ),
+    (
+        "tokens",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+    ),
+    (
+        "requests",
+        "anthropic-ratelimit-requests-limit",
+        "anthropic-ratelimit-requests-remaining",
+    ),
+    (
+        "tokens",
+        "anthropic-ratelimit-tokens-limit",
+        "anthropic-ratelimit-tokens-remaining",
+    ),
+    (
+        "input-tokens",
+        "anthropic-ratelimit-input-tokens-limit",
+        "anthropic-ratelimit-input-tokens-remaining",
+    ),
+    (
+        "output-tokens",
+        "anthropic-ratelimit-output-tokens-limit",
+        "anthropic-ratelimit-output-tokens-remaining",
+    ),
+    (
+        "input-tokens",
+        "x-ratelimit-limit-input-tokens",
+        "x-ratelimit-remaining-input-tokens",
+    ),
+    (
+        "output-tokens",
+        "x-ratelimit-limit-output-tokens",
+        "x-ratelimit-remaining-output-tokens",
+    ),
+];
+
 /// The limits a response states, or `None` when it states none (a gateway, a local server).
 /// Reads OpenAI's `x-ratelimit-{limit,remaining}-{requests,tokens}` and Anthropic's
 /// `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining}`.
@@ -120,30 +164,18 @@ pub fn stated_limits(headers: &HeaderMap) -> Option<StatedLimits> {
     let per_minute = |name: &str| number(name).map(|n| n.min(f64::from(u32::MAX)) as u32);
     let mut limits = StatedLimits::default();
     let mut stated = false;
-    for kind in ["requests", "tokens", "input-tokens", "output-tokens"] {
-        let names = [
-            (
-                format!("x-ratelimit-limit-{kind}"),
-                format!("x-ratelimit-remaining-{kind}"),
-            ),
-            (
-                format!("anthropic-ratelimit-{kind}-limit"),
-                format!("anthropic-ratelimit-{kind}-remaining"),
-            ),
-        ];
-        for (limit, remaining) in names {
-            let Some(value) = per_minute(&limit) else {
-                continue;
-            };
-            stated = true;
-            match kind {
-                "requests" => limits.requests_per_minute = Some(value),
-                "tokens" => limits.tokens_per_minute = Some(value),
-                _ => {}
-            }
-            if number(&remaining).is_some_and(|n| n < 1.0) {
-                limits.exhausted = true;
-            }
+    for (kind, limit, remaining) in STATED_LIMIT_HEADERS {
+        let Some(value) = per_minute(limit) else {
+            continue;
+        };
+        stated = true;
+        match kind {
+            "requests" => limits.requests_per_minute = Some(value),
+            "tokens" => limits.tokens_per_minute = Some(value),
+            _ => {}
+        }
+        if number(remaining).is_some_and(|n| n < 1.0) {
+            limits.exhausted = true;
         }
     }
     stated.then_some(limits)

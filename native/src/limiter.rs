@@ -1,7 +1,7 @@
 //! Run-wide pacing: the user's RPM/TPM limits, the server's stated or learned limit, one shared
 //! wait when a limit is used up, and the concurrency slots.
 //!
-//! The policy (ARCHITECTURE.md "Pacing"):
+//! The policy (README "How requests are sent"):
 //! - A limit the server states in its headers (`x-ratelimit-limit-requests`,
 //!   `anthropic-ratelimit-requests-limit`, per minute) paces every request evenly to it, from
 //!   the first response that states it, without waiting for 429s.
@@ -18,7 +18,7 @@ use crate::headers::StatedLimits;
 use crate::pacer::Pacer;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -81,8 +81,18 @@ pub struct Limiter {
     /// The requests per minute the server last stated; 0 until it states one.
     stated_rpm: AtomicU32,
     learned: Mutex<AdaptiveRate>,
+    /// Answers and 429s not yet handed to `learned`: counted here and handed over once a tick,
+    /// so that a response costs two atomic adds, not a lock.
+    unseen: AtomicU64,
+    unseen_limited: AtomicU64,
+    /// Nanoseconds from `born` at which the counts are next handed over.
+    next_tick_ns: AtomicU64,
+    born: Instant,
     pause: Mutex<Pause>,
 }
+
+/// How often counted answers are handed to the learned pace.
+const TICK_NS: u64 = 50_000_000;
 
 struct Pause {
     until: Option<Instant>,
@@ -109,6 +119,10 @@ impl Limiter {
             server: Pacer::unpaced(),
             stated_rpm: AtomicU32::new(0),
             learned: Mutex::new(AdaptiveRate::new(now)),
+            unseen: AtomicU64::new(0),
+            unseen_limited: AtomicU64::new(0),
+            next_tick_ns: AtomicU64::new(0),
+            born: now,
             pause: Mutex::new(Pause {
                 until: None,
                 since: now,
@@ -179,9 +193,25 @@ impl Limiter {
         if stated || response.answer == Answer::NoResponse {
             return;
         }
-        let limited = response.answer == Answer::RateLimited;
-        let mut learned = self.learned.lock().unwrap();
-        if let Some(rate) = learned.record(limited, Instant::now()) {
+        self.unseen.fetch_add(1, Ordering::Relaxed);
+        if response.answer == Answer::RateLimited {
+            self.unseen_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let at = now.saturating_duration_since(self.born).as_nanos() as u64;
+        if at < self.next_tick_ns.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut learned) = self.learned.try_lock() else {
+            return; // another answer is handing the counts over right now
+        };
+        self.next_tick_ns.store(at + TICK_NS, Ordering::Relaxed);
+        let responses = self.unseen.swap(0, Ordering::Relaxed);
+        let limited = self
+            .unseen_limited
+            .swap(0, Ordering::Relaxed)
+            .min(responses);
+        if let Some(rate) = learned.record(responses, limited, now) {
             // A stated limit may have arrived meanwhile; it takes precedence.
             if self.stated_rpm.load(Ordering::Relaxed) == 0 {
                 self.server.set_rate(rate);
