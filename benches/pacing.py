@@ -71,9 +71,19 @@ def per_second(table: dict) -> tuple[float, list[int]]:
     return t0, [counts.get(i, 0) for i in range(max(counts) + 1)]
 
 
-def share_429(server: MockProcess) -> tuple[int, int]:
-    s = server.stats()
-    return s["by_status"].get("429", 0), s["requests"]
+def on_mock(server_flags: list[str], data: Path, out: Path, *flags: str, provider: str = "openai") -> tuple[float, dict, dict]:
+    """Runs prompt-runner against a fresh mock server; wall seconds, output columns, server stats."""
+    server = MockProcess(*server_flags)
+    base = f"{server.url}/v1" if provider == "openai" else server.url
+    try:
+        wall, table = run_pr(data, out, base, *flags, provider=provider)
+        return wall, table, server.stats()
+    finally:
+        server.stop()
+
+
+def share_429(stats: dict) -> tuple[int, int]:
+    return stats["by_status"].get("429", 0), stats["requests"]
 
 
 def scattered(work: Path) -> None:
@@ -111,12 +121,8 @@ def scattered(work: Path) -> None:
 def stated(work: Path) -> None:
     rate, n = 100, 3_000
     data = make_dataset(work / "stated.jsonl", n)
-    server = MockProcess("--rate-limit", str(rate))
-    try:
-        _, t = run_pr(data, work / "stated.parquet", f"{server.url}/v1", "--concurrency", "64")
-        limited, requests = share_429(server)
-    finally:
-        server.stop()
+    _, t, s = on_mock(["--rate-limit", str(rate)], data, work / "stated.parquet", "--concurrency", "64")
+    limited, requests = share_429(s)
     _, series = per_second(t)
     after = series[5:-1] or series
     achieved = sum(after) / len(after)
@@ -134,12 +140,9 @@ def unstated(work: Path) -> None:
         ("no --rpm", [], 0.85, 0.05),
         (f"--rpm {rate * 60}", ["--rpm", str(rate * 60)], 0.95, 0.01),
     ):
-        server = MockProcess("--rate-limit", str(rate), "--no-rate-limit-headers")
-        try:
-            _, t = run_pr(data, work / "unstated.parquet", f"{server.url}/v1", "--concurrency", "64", *flags)
-            limited, requests = share_429(server)
-        finally:
-            server.stop()
+        _, t, s = on_mock(["--rate-limit", str(rate), "--no-rate-limit-headers"], data, work / "unstated.parquet",
+                          "--concurrency", "64", *flags)
+        limited, requests = share_429(s)
         t0, series = per_second(t)
         span = max(seconds(x) for x in t["finished_at"]) - t0
         achieved = n / span
@@ -162,12 +165,9 @@ def follow(series: list[int], start: int, target: float, tolerance: float = 0.12
 def halving(work: Path) -> None:
     high, low, at, length, n = 40, 20, 8, 10, 1_200
     data = make_dataset(work / "halving.jsonl", n)
-    server = MockProcess("--rate-limit-schedule", f"0:{high},{at}:{low},{at + length}:{high}")
-    try:
-        _, t = run_pr(data, work / "halving.parquet", f"{server.url}/v1", "--concurrency", "64")
-        limited, requests = share_429(server)
-    finally:
-        server.stop()
+    _, t, s = on_mock(["--rate-limit-schedule", f"0:{high},{at}:{low},{at + length}:{high}"], data,
+                      work / "halving.parquet", "--concurrency", "64")
+    limited, requests = share_429(s)
     _, series = per_second(t)
     down = follow(series, at, low)
     up = follow(series, at + length, high)
@@ -181,12 +181,8 @@ def halving(work: Path) -> None:
 def overload(work: Path) -> None:
     at, length, n, latency, conc = 5, 5, 9_000, 50, 32
     data = make_dataset(work / "overload.jsonl", n)
-    server = MockProcess("--overload", f"{at}:{length}", "--latency-ms", str(latency))
-    try:
-        _, t = run_pr(data, work / "overload.parquet", server.url, "--concurrency", str(conc), provider="anthropic")
-        s = server.stats()
-    finally:
-        server.stop()
+    _, t, s = on_mock(["--overload", f"{at}:{length}", "--latency-ms", str(latency)], data, work / "overload.parquet",
+                      "--concurrency", str(conc), provider="anthropic")
     _, series = per_second(t)
     before = sum(series[1:at]) / max(1, at - 1)
     back = follow(series, at + length, before, tolerance=0.1)

@@ -476,6 +476,14 @@ fn has_rate_limit_headers(r: &Reply) -> bool {
     })
 }
 
+/// A 429 that states no limit: `retry-after: 1` only, no `retry-after-ms`, no rate-limit headers.
+fn assert_states_only_retry_after(r: &Reply) {
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), "1");
+    assert!(r.headers.get("retry-after-ms").is_none(), "{:?}", r.headers);
+    assert!(!has_rate_limit_headers(r), "{:?}", r.headers);
+}
+
 #[tokio::test]
 async fn without_rate_limit_headers_only_retry_after_is_stated() {
     let srv = start(MockConfig {
@@ -491,10 +499,7 @@ async fn without_rate_limit_headers_only_retry_after_is_stated() {
         openai(&srv, oa_body("x")).await,
         anthropic(&srv, an_body("x")).await,
     ] {
-        assert_eq!(r.status, 429);
-        assert_eq!(r.header("retry-after"), "1");
-        assert!(r.headers.get("retry-after-ms").is_none(), "{:?}", r.headers);
-        assert!(!has_rate_limit_headers(&r), "{:?}", r.headers);
+        assert_states_only_retry_after(&r);
     }
     // An injected 429 states only `retry-after: 1` too.
     let srv = start(MockConfig {
@@ -507,10 +512,7 @@ async fn without_rate_limit_headers_only_retry_after_is_stated() {
         openai(&srv, oa_body("x")).await,
         anthropic(&srv, an_body("x")).await,
     ] {
-        assert_eq!(r.status, 429);
-        assert_eq!(r.header("retry-after"), "1");
-        assert!(r.headers.get("retry-after-ms").is_none(), "{:?}", r.headers);
-        assert!(!has_rate_limit_headers(&r));
+        assert_states_only_retry_after(&r);
     }
 }
 
