@@ -289,7 +289,7 @@ fn families(stats: &Stats, concurrency: usize) -> Vec<Family> {
     metric(
         "concurrency",
         "gauge",
-        "The adaptive concurrency window.",
+        "The concurrency window (requests in flight at most).",
         &one(concurrency.to_string()),
     );
     let r = rates(stats);
