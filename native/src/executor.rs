@@ -16,7 +16,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 // observability
-use crate::metrics::{self, CauseCounters, Histogram, MetricsSource, RunClock};
+// The live counters live with the metrics that render them (no executor <-> metrics cycle).
+pub use crate::metrics::Stats;
+use crate::metrics::{self, MetricsSource};
 use tracing::Instrument;
 
 /// Rows waiting to be dispatched; enough to keep any concurrency window full.
@@ -75,29 +77,6 @@ pub enum Poll {
     Idle,
     /// Every submitted row has its result (or the run was stopped) and all were handed out.
     Done,
-}
-
-/// Live counters, read by progress displays and kept as run metrics.
-#[derive(Default)]
-pub struct Stats {
-    pub submitted: AtomicU64,
-    pub done: AtomicU64,
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub retrying: AtomicU64,
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub prompt_tokens: AtomicU64,
-    pub completion_tokens: AtomicU64,
-    // observability: run metrics (see metrics.rs)
-    /// Retries by the failure that caused them.
-    pub retries_by_cause: CauseCounters,
-    /// Duration of every attempt.
-    pub latency: Histogram,
-    /// Started with the run, for per-second rates.
-    pub clock: RunClock,
 }
 
 /// Results not yet handed out, and when the first of them arrived.

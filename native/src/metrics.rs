@@ -1,7 +1,6 @@
-//! Run metrics: a fixed-bucket latency histogram, retries by cause, Prometheus text, and the tiny
-//! HTTP server that exposes it (`GET /metrics`) while a run goes on.
+//! Run metrics: the live counters of a run (`Stats`), a fixed-bucket latency histogram, retries by
+//! cause, Prometheus text, and the tiny HTTP server that exposes it (`GET /metrics`) while a run goes on.
 
-use crate::executor::Stats;
 use crate::retry::ErrorType;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -120,6 +119,29 @@ pub struct Rates {
     pub rows_per_second: f64,
     /// Completion tokens per second since the run started.
     pub tokens_per_second: f64,
+}
+
+/// Live counters, read by progress displays and kept as run metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub submitted: AtomicU64,
+    pub done: AtomicU64,
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub retrying: AtomicU64,
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    // observability: run metrics
+    /// Retries by the failure that caused them.
+    pub retries_by_cause: CauseCounters,
+    /// Duration of every attempt.
+    pub latency: Histogram,
+    /// Started with the run, for per-second rates.
+    pub clock: RunClock,
 }
 
 /// Rows and completion tokens per second since the run started.
