@@ -132,13 +132,11 @@ impl Limiter {
 
     /// A slot in the concurrency window; held for the whole life of a row, retries included.
     pub async fn acquire_slot(&self) -> Slot {
-        let permit = self
-            .slots
+        self.slots
             .clone()
             .acquire_owned()
             .await
-            .expect("the semaphore is never closed");
-        Slot { _permit: permit }
+            .expect("the semaphore is never closed")
     }
 
     /// Waits until this request may be sent: after any run-wide wait, the user's RPM and TPM,
@@ -270,10 +268,8 @@ fn token_quota(tpm: u32) -> TokenQuota {
     }
 }
 
-/// A held concurrency slot.
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-}
+/// A held concurrency slot: a permit of the run's semaphore, given back when dropped.
+pub type Slot = OwnedSemaphorePermit;
 
 #[cfg(test)]
 mod tests {
@@ -296,28 +292,23 @@ mod tests {
         })
     }
 
+    /// A 429 whose headers say the limit is used up, asking for `ms` milliseconds.
+    fn used_up(sent: Instant, ms: u64) -> Response {
+        let mut r = answer(sent, Answer::RateLimited, Some(Duration::from_millis(ms)));
+        r.limits = stated(6000, true);
+        r
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_used_up_limit_makes_everybody_wait_once() {
         let limiter = Limiter::new(4, None, None);
         let before = Instant::now();
-        let mut r = answer(
-            before,
-            Answer::RateLimited,
-            Some(Duration::from_millis(200)),
-        );
-        r.limits = stated(6000, true);
-        limiter.on_response(&r);
+        limiter.on_response(&used_up(before, 200));
         let start = Instant::now();
         limiter.wait_turn(10).await;
         assert!(start.elapsed() >= Duration::from_millis(190));
         // 429s of requests sent before that wait began do not start another one.
-        let mut stale = answer(
-            before,
-            Answer::RateLimited,
-            Some(Duration::from_millis(200)),
-        );
-        stale.limits = stated(6000, true);
-        limiter.on_response(&stale);
+        limiter.on_response(&used_up(before, 200));
         let start = Instant::now();
         limiter.wait_turn(10).await;
         assert!(start.elapsed() < Duration::from_millis(100), "chained wait");

@@ -1,5 +1,6 @@
-//! Run metrics: the live counters of a run (`Stats`), a fixed-bucket latency histogram, retries by
-//! cause, Prometheus text, and the tiny HTTP server that exposes it (`GET /metrics`) while a run goes on.
+//! Run metrics: a run's live counters (`Stats`), a fixed-bucket latency histogram, retries by
+//! cause, Prometheus text, and the tiny HTTP server that exposes it (`GET /metrics`) while a run
+//! goes on.
 
 use crate::retry::ErrorType;
 use bytes::Bytes;
