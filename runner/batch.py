@@ -264,7 +264,7 @@ class Batch:
         fatal = [lane.executor.fatal_error() for lane in lanes if lane.executor.fatal_error()]
         table = run_dir.compact(self._metadata(run_dir, lanes, elapsed))
         print(summary(table, elapsed), file=self.err)
-        if (pace := self._pace(lanes)) is not None:
+        if (pace := self._pace(lanes, [lane.executor.stats() for lane in lanes])) is not None:
             print(f"pacing: {pace}", file=self.err)
         if any(lane.cache_hits for lane in lanes):
             print(f"cache: {sum(lane.cache_hits for lane in lanes)} rows answered from the cache", file=self.err)
@@ -281,19 +281,20 @@ class Batch:
     @staticmethod
     def _progress(progress: Progress, lanes: list[LaneRun]) -> None:
         totals = dict.fromkeys(("done", "ok", "failed", "retrying", "prompt_tokens", "completion_tokens"), 0)
-        for lane in lanes:
-            s = lane.executor.stats()
+        stats = [lane.executor.stats() for lane in lanes]
+        for lane, s in zip(lanes, stats):
             for key in totals:
                 totals[key] += s[key]
             totals["done"] += lane.cache_hits
             totals["ok"] += lane.cache_hits
-        progress.pace = Batch._pace(lanes)
+        progress.pace = Batch._pace(lanes, stats)
         progress.update(**totals)
 
     @staticmethod
-    def _pace(lanes: list[LaneRun]) -> str | None:
-        """The pace of each lane that is paced by the server, prefixed by its model in a matrix."""
-        paces = [(lane.lane.model, pace_text(lane.executor.stats())) for lane in lanes]
+    def _pace(lanes: list[LaneRun], stats: list[dict[str, Any]]) -> str | None:
+        """The pace of each lane that is paced by the server (from its executor's `stats`),
+        prefixed by its model in a matrix."""
+        paces = [(lane.lane.model, pace_text(s)) for lane, s in zip(lanes, stats)]
         shown = [f"{model}: {text}" if len(lanes) > 1 else text for model, text in paces if text]
         return "; ".join(shown) or None
 
