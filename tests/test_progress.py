@@ -7,7 +7,7 @@ import io
 import pyarrow as pa
 import pytest
 
-from runner.progress import Progress, format_count, format_duration, summary
+from runner.progress import Progress, format_count, format_duration, pace_text, summary
 
 
 class FakeClock:
@@ -121,3 +121,18 @@ def test_summary_all_ok_has_no_error_line(n: int) -> None:
     )
     text = summary(table, 1.0)
     assert "errors:" not in text and f"status: ok={n}" in text and "p50=10 ms" in text
+
+
+def test_the_pace_and_where_it_comes_from_are_on_the_status_line() -> None:
+    assert pace_text({"pace_source": None, "pace_rps": None}) is None
+    assert pace_text({"pace_source": "stated", "pace_rps": 40.0}) == (
+        "paced to the server's stated limit, 2,400 requests/min"
+    )
+    assert pace_text({"pace_source": "learned", "pace_rps": 47.36}) == (
+        "paced at 47.4 requests/s, learned from the server's 429s"
+    )
+    clock, out = FakeClock(), io.StringIO()
+    with Progress(10, "m", out, clock=clock) as p:
+        p.pace = pace_text({"pace_source": "stated", "pace_rps": 40.0})
+        p.update(done=10, ok=10, failed=0, retrying=0, prompt_tokens=0, completion_tokens=0)
+    assert out.getvalue().rstrip().endswith("| paced to the server's stated limit, 2,400 requests/min")
