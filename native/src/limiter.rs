@@ -175,7 +175,9 @@ impl Limiter {
     /// Learns from one attempt's answer (see the module's policy).
     pub fn on_response(&self, response: &Response) {
         if let Some(rpm) = response.limits.and_then(|l| l.requests_per_minute) {
-            if rpm > 0 && self.stated_rpm.swap(rpm, Ordering::Relaxed) != rpm {
+            // Read before writing: the same value comes with every response.
+            if rpm > 0 && self.stated_rpm.load(Ordering::Relaxed) != rpm {
+                self.stated_rpm.store(rpm, Ordering::Relaxed);
                 self.server.set_rate(Some(f64::from(rpm) / 60.0));
                 tracing::info!(rpm, "pacing to the server's stated limit");
             }

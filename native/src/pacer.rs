@@ -53,7 +53,8 @@ impl Pacer {
         let count = count.max(1);
         let pacer = Self::unpaced();
         pacer.set_rate(Some(f64::from(count) / window.as_secs_f64()));
-        let log = VecDeque::with_capacity(count as usize);
+        // Grows with the releases: a large limit allocates only as its window fills.
+        let log = VecDeque::new();
         pacer
             .state
             .try_lock()
