@@ -90,7 +90,9 @@ class LaneRun:
     def owns(self, row: int) -> bool:
         return self.offset <= row < self.offset + self.total
 
-    def native_config(self) -> str:
+    def native_config(self, resumed: bool = False) -> str:
+        """The executor's settings. `resumed`: rows of this lane are already settled, so its model
+        and key are known to work and a string of alike failures says nothing about the run."""
         o, lane = self.opts, self.lane
         return json.dumps(
             {
@@ -107,7 +109,7 @@ class LaneRun:
                 "tpm": lane.tpm,
                 "max_retries": o.max_retries,
                 "timeout": o.timeout,
-                "fail_fast": o.fail_fast,
+                "fail_fast": o.fail_fast and not resumed,
             }
         )
 
@@ -120,7 +122,7 @@ class LaneRun:
     def start(self, skip: set[int]) -> None:
         from runner._native import Executor
 
-        self.executor = Executor(self.native_config())
+        self.executor = Executor(self.native_config(resumed=any(self.owns(row) for row in skip)))
         self._feeder = threading.Thread(target=self._feed, args=(skip,), daemon=True, name=f"feed-{self.lane.model}")
         self._feeder.start()
 

@@ -62,7 +62,8 @@ class RunOptions:
     job: str | None = None
     #: Serve Prometheus metrics on this port while the run goes on.
     metrics_port: int | None = None
-    #: Stop when the first rows all fail with the same permanent error (`--no-fail-fast`: send all).
+    #: Stop when the first rows all fail with the same permanent error (`--no-fail-fast`: send all);
+    #: a rerun with rows already settled sends its rows whatever they fail with.
     fail_fast: bool = True
 
     def saved(self) -> dict[str, Any]:

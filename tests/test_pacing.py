@@ -85,3 +85,17 @@ def test_fail_fast_stops_when_the_first_rows_all_fail_alike(tmp_path: Path) -> N
     code, err = run(path, tmp_path / "all.parquet", other, "--concurrency", "2", "--no-fail-fast")
     assert code == 1
     assert stats(other)["requests"] == 200
+
+
+def test_a_rerun_with_settled_rows_sends_its_failed_rows_even_if_they_fail_alike(tmp_path: Path) -> None:
+    # Half the rows fail alike; the rerun sends only those. Its model and key are known to work
+    # (the other half is ok), so fail fast must not stop it after five.
+    server = mock()
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"q{i}" + (" [[bad]]" if i % 2 else "")} for i in range(20)])
+    out = tmp_path / "out.parquet"
+    code, err = run(path, out, server, "--concurrency", "1", "--no-fail-fast")
+    assert code == 1 and stats(server)["requests"] == 20, err
+    code, err = run(path, out, server, "--concurrency", "1")
+    assert code == 1
+    assert "--no-fail-fast" not in err
+    assert stats(server)["requests"] == 30

@@ -169,9 +169,7 @@ def test_no_retry_failed_leaves_failed_rows_alone(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": t} for t in texts])
     out = tmp_path / "out.parquet"
     env = {"OPENAI_API_KEY": server.api_key}
-    # Without --no-fail-fast, the resume that sends only the ten failed rows would stop after
-    # five of them: they all fail alike from the start (tests/test_pacing.py checks that).
-    assert cli(*run_args(path, out, server), "--no-fail-fast", env=env).code == 1
+    assert cli(*run_args(path, out, server), env=env).code == 1
     assert cli("resume", str(out), "--no-retry-failed", env=env).code == 1
     assert stats(server)["requests"] == 50
     assert cli("resume", str(out), env=env).code == 1
