@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 SHELL  := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help build binary demo test test-rust test-python bench bench-pacing clean
+.PHONY: help build binary demo test test-rust test-python bench bench-pacing bench-resend clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench: build ## benchmarks: prompt-runner vs hand-written baselines and wrk (abo
 bench-pacing: build ## pacing under rate limits, overloads and scattered faults, and behind a LiteLLM proxy (about 8 minutes)
 	$(BIN)/pip install --quiet 'openai>=1.40'
 	$(BIN)/python benches/pacing.py
+
+bench-resend: build ## requests sent twice after a kill -9 at 20, 50 and 80 % of a run (about a minute)
+	$(BIN)/python benches/kill_resend.py
 
 clean: ## remove build outputs, the venv and example runs
 	rm -rf target $(VENV) runs runner/_native*.so

@@ -176,9 +176,13 @@ class Batch:
         self, endpoints: list[endpoint.Endpoint], run_dir: RunDir, total: int, schemas: dict[Path, list[Any]]
     ) -> int:
         o = self.opts
-        # Never hold back more than 0.5 % of the rows (nor a second's worth) unwritten.
+        # Never hold back more than 0.5 % of the rows (nor a second's worth) out of a part.
         run_dir.flush_rows = min(FLUSH_ROWS, max(1, total * len(self.lanes) // 200))
-        settled, spent = run_dir.saved(o.retry_failed)
+        logged = run_dir.logged([lane.model for lane in self.lanes], total, o.prices)
+        settled, spent = run_dir.saved(o.retry_failed, logged)
+        # Rows the log holds reach a part through the lanes again, with their input columns.
+        recovered = logged.filter(pc.equal(logged.column("status"), "ok")) if o.retry_failed else logged
+        skip = settled.difference(recovered.column("_row").to_pylist())
         grand_total = total * len(self.lanes)
         to_send = grand_total - sum(1 for r in settled if r < grand_total)
         if settled:
@@ -195,7 +199,7 @@ class Batch:
             for lane, ep in zip(self.lanes, endpoints)
         ]
         for lane in lanes:
-            lane.start(settled)
+            lane.start(skip, recovered, run_dir.log.prefix(lane.lane.index))
         metrics_server = observability.start_metrics(
             o.metrics_port, [(lane.executor, lane.lane.provider, lane.lane.model) for lane in lanes], self.err
         )
@@ -205,23 +209,34 @@ class Batch:
         over_budget = False
         label = f"{self.lanes[0].provider}/{self.lanes[0].model}" if len(lanes) == 1 else f"{len(lanes)} models"
         active = list(lanes)
+
+        def take(lane: LaneRun, wait: float) -> None:
+            """Adds the lane's results that are ready to the rows waiting for a part."""
+            nonlocal spent
+            tables = lane.poll(wait)
+            if tables is None:
+                active.remove(lane)
+                return
+            if write_error is not None:
+                return  # stopping: nothing more can be saved
+            for table in tables:
+                run_dir.append(table)
+                if o.max_cost is not None:
+                    spent += pc.sum(table.column("cost_usd")).as_py() or 0.0
+
+        def flush() -> None:
+            """Seals the lanes' log segments, takes every row they hold, and writes the waiting
+            rows as a part; then the sealed segments can go."""
+            sealed = [Path(p) for lane in lanes if (p := lane.executor.roll_log()) is not None]
+            for lane in list(active):
+                take(lane, 0)
+            run_dir.flush(sealed, recovered=all(lane.recovered_left == 0 for lane in lanes))
+
         with Progress(total=to_send, label=label, stream=self.err) as progress, stop_signals(stop):
             while active:
                 wait = run_dir.seconds_to_flush(POLL_SECONDS) / len(active)
                 for lane in list(active):
-                    tables = lane.poll(wait)
-                    if tables is None:
-                        active.remove(lane)
-                        continue
-                    if write_error is not None:
-                        continue  # stopping: nothing more can be saved
-                    try:
-                        for table in tables:
-                            run_dir.append(table)
-                            if o.max_cost is not None:
-                                spent += pc.sum(table.column("cost_usd")).as_py() or 0.0
-                    except OutputError as err:  # pragma: no cover - append does no I/O
-                        write_error = err
+                    take(lane, wait)
                 stop.check()
                 if o.max_cost is not None and spent >= o.max_cost and not over_budget:
                     over_budget = True
@@ -231,7 +246,7 @@ class Batch:
                 if write_error is None:
                     try:
                         if run_dir.flush_due():
-                            run_dir.flush()
+                            flush()
                     except OutputError as err:
                         write_error = err
                         for lane in lanes:
@@ -240,7 +255,7 @@ class Batch:
                 memory.trim()
         if write_error is None:
             try:
-                run_dir.flush()
+                flush()
             except OutputError as err:
                 write_error = err
         observability.stop_metrics(metrics_server)
@@ -257,7 +272,8 @@ class Batch:
             print(f"the run state is consistent; once there is room, resume with: {resume_command(o.output)}", file=self.err)
             return EXIT_FAILED
         if stop.requested:
-            saved_rows = len(run_dir.saved(o.retry_failed)[0])
+            logged = run_dir.logged([lane.model for lane in self.lanes], total, o.prices)
+            saved_rows = len(run_dir.saved(o.retry_failed, logged)[0])
             print(f"\ninterrupted: {saved_rows} of {grand_total} rows are saved in {run_dir.path}", file=self.err)
             print(f"resume with: {resume_command(o.output)}", file=self.err)
             return EXIT_INTERRUPTED

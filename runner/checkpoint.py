@@ -7,11 +7,13 @@ Layout::
         lock                  held (flock) by the process that is running it
         parts/part-000001.parquet
         parts/part-000002.parquet ...
+        log/r000001-l000-000001.wal ...   every settled row, as it settles (runner.runlog)
 
 Each part holds finished rows (input columns + results + `_row`), written to a temporary
 file, fsynced, then renamed into place: a crash leaves either a whole part or none, and a
 part that does not open (a torn copy, a disk error) is skipped. A later part wins over an
-earlier one for the same `_row` (a failed row retried on a rerun).
+earlier one for the same `_row` (a failed row retried on a rerun), and the log's record of a
+row wins over the parts' (it is never older: see runner.runlog).
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runner.errors import InputError, RunnerError
+from runner.runlog import RunLog, with_cost
 
 if TYPE_CHECKING:
     from runner.output_stream import OutputStream
 
-#: Results wait at most this long in memory before they are written ...
+#: Results wait at most this long in memory before they are written to a part (they are in the
+#: run's log from the moment they settle, so this bounds the log's size, not what a kill costs) ...
 FLUSH_SECONDS = 1.0
 #: ... or less: a part is written once this many rows wait. The run sets it to 0.5 % of its
-#: rows, so a `kill -9` re-sends only the requests in flight plus at most 0.5 % of the rows.
+#: rows, which bounds the memory held and the rows a compaction reads twice.
 FLUSH_ROWS = 20_000
 #: Frequent flushes make small parts; this many are merged into one, so a long slow run
 #: (a part a second) does not leave millions of files behind. A run's row-count flushes make
@@ -154,6 +158,7 @@ class RunDir:
         self.output = output
         self.path = run_dir_for(output)
         self.parts = self.path / "parts"
+        self.log = RunLog(self.path / "log")
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self.flush_rows = FLUSH_ROWS
@@ -206,6 +211,10 @@ class RunDir:
         for leftover in [*self.parts.glob(".*.tmp-*"), *self.path.glob(STREAM_TMP.format("*"))]:
             leftover.unlink(missing_ok=True)
         self._next_part = 1 + max((self._part_number(p) for p in self._part_files()), default=0)
+        try:
+            self.log.open()
+        except OSError as err:
+            raise OutputError(f"{self.log.path}: cannot create the run's log: {oserror_text(err)}") from None
 
     def release(self) -> None:
         if self._stream is not None:
@@ -259,8 +268,24 @@ class RunDir:
                 continue
         return good
 
-    def latest(self, columns: list[str] | None = None) -> pl.DataFrame:
-        """The latest result of every row so far (all columns, or the ones named)."""
+    def logged(self, models: Sequence[str], input_rows: int, prices: Any = None) -> pa.Table:
+        """The log's latest result of each row (`_row`, result columns, `cost_usd`); the run's
+        lanes answer with `models`, `input_rows` rows each."""
+        return with_cost(self.log.read(), models, input_rows, prices)
+
+    def latest(self, columns: list[str] | None = None, logged: pa.Table | None = None) -> pl.DataFrame:
+        """The latest result of every row so far (all columns, or the ones named), from the
+        parts and, when given, the `logged` results, which win."""
+        frame = self._latest_in_parts(columns)
+        if logged is None or not logged.num_rows:
+            return frame
+        log = pl.from_arrow(logged if columns is None else logged.select([c for c in columns if c in logged.column_names]))
+        assert isinstance(log, pl.DataFrame)
+        if frame.height:
+            frame = frame.filter(~pl.col("_row").is_in(log["_row"].implode()))
+        return pl.concat([frame, log], how="diagonal_relaxed")
+
+    def _latest_in_parts(self, columns: list[str] | None) -> pl.DataFrame:
         frames = []
         for path in self.readable_parts():
             try:
@@ -272,10 +297,11 @@ class RunDir:
         merged = pl.concat(frames, how="diagonal_relaxed")
         return merged.unique(subset="_row", keep="last", maintain_order=True)
 
-    def saved(self, retry_failed: bool = True) -> tuple[set[int], float]:
-        """What the parts hold, in one read: the rows not to send again (the ok ones, and the
-        failed ones too unless retried) and the USD spent on the rows saved so far."""
-        latest = self.latest(["_row", "status", "cost_usd"])
+    def saved(self, retry_failed: bool = True, logged: pa.Table | None = None) -> tuple[set[int], float]:
+        """What the parts (and the `logged` results) hold, in one read: the rows not to send
+        again (the ok ones, and the failed ones too unless retried) and the USD spent on the rows
+        saved so far."""
+        latest = self.latest(["_row", "status", "cost_usd"], logged)
         if not latest.height or "status" not in latest.columns:
             return set(), 0.0
         spent = float(latest["cost_usd"].sum() or 0.0)
@@ -284,8 +310,8 @@ class RunDir:
 
     def stream_output(self, rows: int) -> bool:
         """Writes the output while the run goes on (see runner.output_stream), when this run
-        sends every one of rows `0 .. rows-1` itself: there are no parts yet. Returns whether
-        it does."""
+        hands out every one of rows `0 .. rows-1` itself: there are no parts yet (rows read back
+        from the log are handed out again). Returns whether it does."""
         from runner.output_stream import OutputStream
 
         if self._part_files():
@@ -310,16 +336,18 @@ class RunDir:
             return longest
         return max(0.0, min(longest, FLUSH_SECONDS - (time.monotonic() - self._last_flush)))
 
-    def flush(self) -> None:
-        """Writes the waiting rows as the next part file."""
+    def flush(self, sealed: Sequence[Path] = (), recovered: bool = False) -> None:
+        """Writes the waiting rows as the next part file. `sealed`: log segments whose rows are
+        all waiting or in parts, deleted once the part is written; `recovered`: every row read
+        back from the log at the start is too (see RunLog.folded)."""
         self._last_flush = time.monotonic()
-        if not self._pending:
-            return
-        self._write_part(concat_rows(self._pending))
-        self._pending.clear()
-        self._pending_rows = 0
-        if len(self._small) >= MERGE_PARTS:
-            self._merge_small()
+        if self._pending:
+            self._write_part(concat_rows(self._pending))
+            self._pending.clear()
+            self._pending_rows = 0
+            if len(self._small) >= MERGE_PARTS:
+                self._merge_small()
+        self.log.folded(list(sealed), recovered)
 
     def _write_part(self, table: pa.Table) -> None:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"

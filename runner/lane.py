@@ -1,5 +1,5 @@
-"""One model's share of a run: its executor, the feeder thread, cache look-ups, and joining each
-result to its input row."""
+"""One model's share of a run: its executor, the feeder thread, cache look-ups, rows read back
+from the run's log, and joining each result to its input row."""
 
 from __future__ import annotations
 
@@ -78,8 +78,13 @@ class LaneRun:
         self.run_id = run_id
         self.cache = cache
         self.inflight = InFlight()
-        self.hits: queue.Queue[dict[str, list[Any]]] = queue.Queue()
+        #: Results that are not sent: cache hits (True) and rows read back from the log (False).
+        self.hits: queue.Queue[tuple[pa.Table, bool]] = queue.Queue()
         self.cache_hits = 0
+        #: Rows read back from the run's log (see `start`), and how many are not handed out yet.
+        self._recovered: pa.Table | None = None
+        self._recovered_at: dict[int, int] = {}
+        self.recovered_left = 0
         self._keys: dict[int, str] = {}
         self._keys_lock = threading.Lock()
         self._renderers: dict[Path, Renderer] = {}
@@ -90,9 +95,10 @@ class LaneRun:
     def owns(self, row: int) -> bool:
         return self.offset <= row < self.offset + self.total
 
-    def native_config(self, resumed: bool = False) -> str:
+    def native_config(self, resumed: bool = False, log: str | None = None) -> str:
         """The executor's settings. `resumed`: rows of this lane are already settled, so its model
-        and key are known to work and a string of alike failures says nothing about the run."""
+        and key are known to work and a string of alike failures says nothing about the run.
+        `log`: where the executor writes the run's log (a segment prefix; see runner.runlog)."""
         o, lane = self.opts, self.lane
         return json.dumps(
             {
@@ -110,6 +116,7 @@ class LaneRun:
                 "max_retries": o.max_retries,
                 "timeout": o.timeout,
                 "fail_fast": o.fail_fast and not resumed,
+                "log": log,
             }
         )
 
@@ -119,10 +126,21 @@ class LaneRun:
             self._renderers[path] = plan(table.column_names, self.spec, str(path))
         return self._renderers[path]
 
-    def start(self, skip: set[int]) -> None:
+    def start(self, skip: set[int], recovered: pa.Table | None = None, log: str | None = None) -> None:
+        """Starts the executor (logging to `log`, a segment prefix) and the feeder. Rows in
+        `skip` are not sent; those of `recovered` (results read back from the log) are handed
+        out again when the feeder reaches them, so they reach a part with their input columns.
+        """
         from runner._native import Executor
 
-        self.executor = Executor(self.native_config(resumed=any(self.owns(row) for row in skip)))
+        if recovered is not None:
+            rows = recovered.column("_row")
+            mine = recovered.filter(pc.and_(pc.greater_equal(rows, self.offset), pc.less(rows, self.offset + self.total)))
+            self._recovered = mine
+            self._recovered_at = {row: i for i, row in enumerate(mine.column("_row").to_pylist())}
+            self.recovered_left = mine.num_rows
+        resumed = bool(self._recovered_at) or any(self.owns(row) for row in skip)
+        self.executor = Executor(self.native_config(resumed, log))
         self._feeder = threading.Thread(target=self._feed, args=(skip,), daemon=True, name=f"feed-{self.lane.model}")
         self._feeder.start()
 
@@ -149,6 +167,8 @@ class LaneRun:
                     wanted = pa.array([start + i not in skip for i in range(table.num_rows)], pa.bool_())
                     rows, payloads = rows.filter(wanted), payloads.filter(wanted)
                 self.inflight.add(start, table, ids, len(rows))
+                if self._recovered_at:
+                    rows, payloads = self._hand_back(rows, payloads)
                 self._submit(rows, payloads)
                 position += table.num_rows
         except RunStopped:
@@ -158,6 +178,18 @@ class LaneRun:
             self.executor.cancel()
         finally:
             self.executor.close_input()
+
+    def _hand_back(self, rows: pa.Array, payloads: pa.Array) -> tuple[pa.Array, pa.Array]:
+        """Queues the logged results of `rows` that the log holds; the rest, to be sent."""
+        assert self._recovered is not None
+        at = self._recovered_at
+        listed = rows.to_pylist()
+        found = [at[row] for row in listed if row in at]
+        if not found:
+            return rows, payloads
+        self.hits.put((self._recovered.take(found), False))
+        unsent = pa.array([row not in at for row in listed], pa.bool_())
+        return rows.filter(unsent), payloads.filter(unsent)
 
     def _submit(self, row_array: pa.Array, payload_array: pa.Array) -> None:
         if not len(row_array):
@@ -172,7 +204,7 @@ class LaneRun:
                           self.lane.model, payloads, o.system, o.temperature, o.max_tokens)
         found = self.cache.lookup(keys)
         if found:
-            self.hits.put(hits_chunk(rows, keys, found))
+            self.hits.put((result_table(hits_chunk(rows, keys, found)), True))
             self.cache_hits += sum(1 for k in keys if k in found)
         misses = [i for i, k in enumerate(keys) if k not in found]
         with self._keys_lock:
@@ -182,23 +214,26 @@ class LaneRun:
 
     def poll(self, wait: float) -> list[pa.Table] | None:
         """Output rows that are ready (input columns joined), or None once the lane is done."""
-        ready = self._cache_hits()
+        ready = self._not_sent()
         batch = self.executor.poll(0 if ready else wait)
         if batch is None:
-            ready.extend(self._cache_hits())
+            ready.extend(self._not_sent())
             return ready or None
         if len(batch):
             ready.extend(self._output(pa.Table.from_batches([pa.record_batch(batch)]), cached=False))
         return ready
 
-    def _cache_hits(self) -> list[pa.Table]:
+    def _not_sent(self) -> list[pa.Table]:
         ready = []
         while not self.hits.empty():
-            ready.extend(self._output(result_table(self.hits.get_nowait()), cached=True))
+            results, cached = self.hits.get_nowait()
+            ready.extend(self._output(results, cached=cached, sent=False))
+            if not cached:
+                self.recovered_left -= results.num_rows
         return ready
 
-    def _output(self, results: pa.Table, cached: bool) -> list[pa.Table]:
-        if self.cache is not None and not cached:
+    def _output(self, results: pa.Table, cached: bool, sent: bool = True) -> list[pa.Table]:
+        if self.cache is not None and sent:
             with self._keys_lock:
                 keys = [self._keys.pop(r) for r in results.column("_row").to_pylist()]
             self.cache.store_results(keys, results)

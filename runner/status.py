@@ -16,13 +16,15 @@ from runner.progress import format_duration
 def run_status(output: Path) -> dict[str, Any]:
     """Counts, tokens, cost, latencies and state of the run writing `output`.
 
-    Works while the run is going (it reads only whole part files), after it finished, and
-    after it was killed.
+    Works while the run is going (it reads only whole part files and log records), after it
+    finished, and after it was killed.
     """
     run_dir = RunDir(output)
     record = run_dir.record()
     if record is not None:
-        frame = run_dir.latest()
+        models = [m[1] for m in record.get("fingerprint", {}).get("request", {}).get("models", [])]
+        prices = record.get("options", {}).get("prices")
+        frame = run_dir.latest(logged=run_dir.logged(models, int(record.get("input_rows", 0)), prices))
         total = int(record.get("rows", frame.height))
     elif output.is_file():
         frame = pl.read_parquet(output)
@@ -73,6 +75,8 @@ def _metrics(output: Path) -> dict[str, Any]:
 
 
 def _output_is_current(run_dir: RunDir) -> bool:
+    if run_dir.log.segments():  # rows settled after the output was written
+        return False
     parts = run_dir.readable_parts()
     return not parts or run_dir.output.stat().st_mtime >= max(p.stat().st_mtime for p in parts)
 

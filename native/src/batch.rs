@@ -3,7 +3,8 @@
 //! rows cross to Python in one batch through the Arrow C data interface, with no Python object
 //! per value.
 
-use crate::executor::RowResult;
+use crate::retry::ErrorType;
+use crate::row::RowResult;
 use arrow_array::{
     ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -74,7 +75,7 @@ pub fn to_batch(rows: &[RowResult]) -> Result<RecordBatch, ArrowError> {
         float(|r| r.ttft_ms),
         small(|r| Some(r.attempts as i32)),
         small(|r| r.http_status.map(i32::from)),
-        text(|r| r.error_type),
+        text(|r| r.error_type.map(ErrorType::as_str)),
         text(|r| r.error.as_deref()),
         time(|r| r.started_at_us),
         time(|r| r.finished_at_us),
@@ -100,7 +101,7 @@ mod tests {
             ttft_ms: None,
             attempts: 2,
             http_status: Some(if ok { 200 } else { 400 }),
-            error_type: (!ok).then_some("bad_request"),
+            error_type: (!ok).then_some(ErrorType::BadRequest),
             error: (!ok).then(|| "HTTP 400: no".to_string()),
             started_at_us: 1_700_000_000_000_000,
             finished_at_us: 1_700_000_000_001_500,

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::provider::{ProviderKind, RequestParams};
 use crate::secret::ApiKey;
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Deserialize)]
@@ -34,6 +35,8 @@ struct RawConfig {
     timeout: f64,
     #[serde(default = "default_fail_fast")]
     fail_fast: bool,
+    #[serde(default)]
+    log: Option<String>,
 }
 
 fn default_concurrency() -> usize {
@@ -63,6 +66,8 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Stop when the first rows all fail with the same permanent error (see `failfast.rs`).
     pub fail_fast: bool,
+    /// Where the run's log goes: segments `{log}000001.wal`, ... (see `wal.rs`); none if unset.
+    pub log: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -96,6 +101,7 @@ impl RunConfig {
             max_retries: raw.max_retries,
             timeout: Duration::from_secs_f64(raw.timeout),
             fail_fast: raw.fail_fast,
+            log: raw.log.map(PathBuf::from),
         })
     }
 }

@@ -7,7 +7,9 @@ use crate::failfast::FailFast;
 use crate::limiter::{Answer, Limiter, Pacing, Response};
 use crate::provider::{self, Messages, PreparedRequest};
 use crate::retry::{Backoff, ErrorType};
+use crate::row::RowResult;
 use crate::transport::{self, AttemptError};
+use crate::wal::{self, Log};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,28 +50,6 @@ pub struct Job {
     pub messages: Messages,
 }
 
-/// The outcome of one row, after all its attempts.
-#[derive(Debug, Clone)]
-pub struct RowResult {
-    pub row: u64,
-    pub ok: bool,
-    pub output: Option<String>,
-    pub finish_reason: Option<String>,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
-    /// Duration of the last attempt (the one whose answer is recorded).
-    pub latency_ms: f64,
-    pub ttft_ms: Option<f64>,
-    pub attempts: u32,
-    pub http_status: Option<u16>,
-    pub error_type: Option<&'static str>,
-    pub error: Option<String>,
-    /// Microseconds since the Unix epoch (UTC).
-    pub started_at_us: i64,
-    pub finished_at_us: i64,
-    pub request_hash: String,
-}
-
 /// What a poll found.
 pub enum Poll {
     Rows(Vec<RowResult>),
@@ -79,11 +59,13 @@ pub enum Poll {
     Done,
 }
 
-/// Results not yet handed out, and when the first of them arrived.
+/// Results not yet handed out, when the first of them arrived, and the log every result is
+/// written to first (under the same lock, so the log's order is the order of the polls).
 #[derive(Default)]
 struct Ready {
     rows: Vec<RowResult>,
     since: Option<std::time::Instant>,
+    log: Option<Log>,
 }
 
 struct Shared {
@@ -110,8 +92,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// Hands a row's result out, after writing it to the log: called before the row's
+    /// concurrency slot is given back, so the results a kill can lose are the slots' requests.
     fn push(&self, result: RowResult) {
+        let record = self.config.log.is_some().then(|| wal::encode(&result));
         let mut ready = self.results.lock().unwrap();
+        let mut failed = None;
+        if let (Some(log), Some(record)) = (ready.log.as_mut(), record) {
+            if let Err(err) = log.append(&record) {
+                failed = Some(err);
+                ready.log = None;
+            }
+        }
         ready.rows.push(result);
         // Wake the consumer for the first result of a batch and for a full batch only.
         if ready.rows.len() == 1 {
@@ -119,6 +111,18 @@ impl Shared {
             self.results_ready.notify_all();
         } else if ready.rows.len() == BATCH_ROWS {
             self.results_ready.notify_all();
+        }
+        drop(ready);
+        if let Some(err) = failed {
+            let log = self
+                .config
+                .log
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            self.stop_fatal(format!(
+                "cannot write the run's log ({}*.wal): {err}",
+                log.display()
+            ));
         }
     }
 
@@ -164,7 +168,10 @@ impl Executor {
             cancel: CancellationToken::new(),
             draining: CancellationToken::new(),
             fatal: Mutex::new(None),
-            results: Mutex::new(Ready::default()),
+            results: Mutex::new(Ready {
+                log: config.log.as_ref().map(Log::new),
+                ..Ready::default()
+            }),
             results_ready: Condvar::new(),
             unconsumed: tokio::sync::Semaphore::new(UNCONSUMED_ROWS),
             finished: AtomicBool::new(false),
@@ -173,6 +180,9 @@ impl Executor {
             last_success_ms: AtomicU64::new(0),
             config,
         });
+        if shared.config.log.is_some() {
+            handle.spawn(sync_log(shared.clone()));
+        }
         let (tx, rx) = mpsc::channel(QUEUE_ROWS);
         let dispatcher = shared.clone();
         handle.spawn(async move {
@@ -257,6 +267,12 @@ impl Executor {
         }
     }
 
+    /// Seals the log's current segment (see `wal.rs`): its path, once every row in it was
+    /// pushed for `poll` to hand out; `None` when there is no log or nothing since the last roll.
+    pub fn roll_log(&self) -> Option<std::path::PathBuf> {
+        self.shared.results.lock().unwrap().log.as_mut()?.roll()
+    }
+
     /// Stops dispatching and abandons in-flight requests; their rows get no result.
     pub fn cancel(&self) {
         self.shared.draining.cancel();
@@ -331,6 +347,34 @@ impl Drop for Executor {
     fn drop(&mut self) {
         self.shared.draining.cancel();
         self.shared.cancel.cancel();
+    }
+}
+
+/// Fsyncs the log's current segment every [`wal::SYNC_EVERY`] while records arrive, outside the
+/// results' lock: what a power loss can cost is bounded by that interval.
+async fn sync_log(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(wal::SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let file = shared
+            .results
+            .lock()
+            .unwrap()
+            .log
+            .as_mut()
+            .and_then(Log::to_sync);
+        if let Some(file) = file {
+            if let Ok(Err(err)) = tokio::task::spawn_blocking(move || file.sync_data()).await {
+                tracing::warn!(error = %err, "cannot fsync the run's log");
+            }
+        }
+        if shared.finished.load(Ordering::Acquire) {
+            return;
+        }
     }
 }
 
@@ -438,7 +482,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
                 shared.stop_fatal(stop);
             }
             row.http_status = err.http_status;
-            row.error_type = Some(err.kind.as_str());
+            row.error_type = Some(err.kind);
             row.error = Some(message);
         }
     }

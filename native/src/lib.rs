@@ -16,10 +16,12 @@ pub mod mock;
 pub mod pacer;
 pub mod provider;
 pub mod retry;
+pub mod row;
 pub mod runtime;
 pub mod secret;
 pub mod sse;
 pub mod transport;
+pub mod wal;
 
 #[cfg(feature = "python")]
 mod python;

@@ -13,6 +13,7 @@ use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
 use crate::provider::{Message, Messages};
 use crate::runtime::runtime;
+use crate::wal;
 use arrow_array::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{
     make_array, Array, ArrayRef, Int64Array, LargeStringArray, RecordBatch, StructArray,
@@ -132,6 +133,12 @@ impl Executor {
         });
         let batch = polled.map_err(|e| NativeError::new_err(e.to_string()))?;
         Ok(batch.map(|batch| ResultBatch { batch }))
+    }
+
+    /// Seals the run log's current segment; its path, or `None` when nothing was logged
+    /// since the last call. Every row in it is handed out by the polls that follow.
+    fn roll_log(&self) -> Option<std::path::PathBuf> {
+        self.inner.roll_log()
     }
 
     /// Stops dispatching; rows still in flight get no result.
@@ -640,6 +647,18 @@ fn init_logging(level: &str, json: bool) -> PyResult<bool> {
     crate::logging::init(level, json).map_err(to_py)
 }
 
+/// The whole records of run-log segments, read in the order given, as one result batch (the
+/// shape of a poll), and how many segments had a torn tail (ignored).
+#[pyfunction]
+fn read_log(py: Python<'_>, segments: Vec<std::path::PathBuf>) -> PyResult<(ResultBatch, usize)> {
+    let recovered = py
+        .detach(|| wal::read(&segments))
+        .map_err(|e| NativeError::new_err(format!("cannot read the run's log: {e}")))?;
+    let batch =
+        batch::to_batch(&recovered.rows).map_err(|e| NativeError::new_err(e.to_string()))?;
+    Ok((ResultBatch { batch }, recovered.torn))
+}
+
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -651,6 +670,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ChunkStream>()?;
     m.add_class::<MetricsServer>()?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(read_log, m)?)?;
     m.add("ClientError", py.get_type::<ClientError>())?;
     let wait = wrap_pyfunction!(wait_for_deliveries, m)?;
     py.import("atexit")?.call_method1("register", (wait,))?;

@@ -6,7 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 /// Why one attempt failed. Written to the output's `error_type` column via [`ErrorType::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorType {
     /// 429 without a quota message: too many requests or tokens for now.
     RateLimited,
