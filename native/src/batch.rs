@@ -3,7 +3,7 @@
 //! rows cross to Python in one batch through the Arrow C data interface, with no Python object
 //! per value.
 
-use crate::retry::ErrorType;
+use crate::error::ErrorType;
 use crate::row::RowResult;
 use arrow_array::{
     ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,

@@ -3,9 +3,9 @@
 //! Used by the Python `ModelClient` (through `python.rs`) and by the `model-client-rs` binary.
 //! Base URLs and keys not given come from the environment, as in the CLI and the official SDKs.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorType, Result};
 use crate::provider::{self, Completion, Message, ProviderKind, RequestParams};
-use crate::retry::{Backoff, ErrorType};
+use crate::retry::Backoff;
 use crate::secret::ApiKey;
 use crate::transport;
 use serde::Deserialize;

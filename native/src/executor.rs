@@ -2,11 +2,11 @@
 //! results out in chunks while the run goes on.
 
 use crate::config::RunConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorType, Result};
 use crate::failfast::FailFast;
 use crate::limiter::{Answer, Limiter, Pacing, Response};
 use crate::provider::{self, Messages, PreparedRequest};
-use crate::retry::{Backoff, ErrorType};
+use crate::retry::Backoff;
 use crate::row::RowResult;
 use crate::transport::{self, AttemptError};
 use crate::wal::{self, Log};

@@ -2,7 +2,7 @@
 //! model, a gateway refusing the key with a 400 rather than a 401), every other row would fail
 //! the same way, so the run stops after a few instead of sending them all.
 
-use crate::retry::ErrorType;
+use crate::error::ErrorType;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 

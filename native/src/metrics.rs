@@ -2,7 +2,7 @@
 //! cause, Prometheus text, and the tiny HTTP server that exposes it (`GET /metrics`) while a run
 //! goes on.
 
-use crate::retry::ErrorType;
+use crate::error::ErrorType;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http_body_util::Full;

@@ -1,7 +1,7 @@
 //! `RowResult`: the outcome of one row, as the executor hands it out, the run's log stores it
 //! (`wal.rs`) and a poll's batch carries it (`batch.rs`).
 
-use crate::retry::ErrorType;
+use crate::error::ErrorType;
 use serde::{Deserialize, Serialize};
 
 /// The outcome of one row, after all its attempts (also a record of the run's log, `wal.rs`).

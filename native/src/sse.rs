@@ -86,8 +86,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorType;
     use crate::provider::{Accumulator, ProviderKind, StreamStep};
-    use crate::retry::ErrorType;
     use futures_util::stream;
 
     type Chunks = Vec<Result<Bytes, std::io::Error>>;

@@ -3,9 +3,11 @@
 //! CONTRACT (used by executor.rs; keep these names and signatures):
 //! `send(client, kind, req, stream, timeout) -> Result<Success, AttemptError>`.
 
+use crate::error::ErrorType;
 use crate::headers;
-use crate::provider::{self, Accumulator, Completion, PreparedRequest, ProviderKind, StreamStep};
-use crate::retry::{classify_status, ErrorType};
+use crate::provider::{
+    self, classify_status, Accumulator, Completion, PreparedRequest, ProviderKind, StreamStep,
+};
 use crate::secret::ApiKey;
 use crate::sse::{self, SseError};
 use futures_util::{FutureExt, StreamExt};

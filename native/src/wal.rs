@@ -153,7 +153,7 @@ fn decode(bytes: &[u8], rows: &mut Vec<RowResult>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retry::ErrorType;
+    use crate::error::ErrorType;
 
     fn row(n: u64, ok: bool) -> RowResult {
         RowResult {

@@ -3,10 +3,11 @@
 use super::raw::RawMessages;
 use super::Target;
 use super::{
-    describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
-    PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage, DEFAULT_MAX_TOKENS,
+    describe_error_body, error_object, is_system_role, snippet, truncate, Completion, Content,
+    Message, OutMessage, PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage,
+    DEFAULT_MAX_TOKENS,
 };
-use crate::retry::ErrorType;
+use crate::error::ErrorType;
 use crate::secret::ApiKey;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -25,11 +26,6 @@ struct Body<'a, M> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     stream: bool,
-}
-
-/// Roles the Messages API takes only as the top-level `system` string.
-pub(crate) fn is_system_role(role: &str) -> bool {
-    role == "system" || role == "developer"
 }
 
 /// `POST {base}/v1/messages` (the base has no `/v1`, as in the official SDK). The run's system
@@ -183,6 +179,11 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
 pub fn error_message(body: &[u8]) -> String {
     describe_error_body(body)
 }
+
+/// Error `type`s or `code`s that mean the account is out of credit (see `classify_status`).
+pub(crate) const QUOTA_NAMES: &[&str] = &["billing_error"];
+/// ... and phrases of their messages that say so (lowercase).
+pub(crate) const QUOTA_PHRASES: &[&str] = &["credit balance is too low"];
 
 /// One streamed event's data. A flat struct (rather than an enum tagged by `type`) lets text
 /// deltas borrow from the event instead of being copied through serde's buffering.

@@ -2,13 +2,14 @@
 //!
 //! CONTRACT (used by transport.rs and executor.rs; keep these names and signatures):
 //! `prepare`, `parse_response`, `error_message`, `Accumulator`, `StreamStep`, `StreamFailure`,
-//! `estimate_tokens`, `request_hash`; for a row's [`Messages`]: `prepare_row`, `estimate_row_tokens`.
+//! `estimate_tokens`, `request_hash`, `classify_status`; for a row's [`Messages`]: `prepare_row`,
+//! `estimate_row_tokens`.
 
 pub mod anthropic;
 pub mod openai;
 pub mod raw;
 
-use crate::retry::ErrorType;
+use crate::error::ErrorType;
 use crate::secret::ApiKey;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -51,6 +52,12 @@ pub struct RequestParams {
 pub struct Message {
     pub role: String,
     pub content: serde_json::Value,
+}
+
+/// Roles that carry instructions for the whole conversation (`developer` is OpenAI's newer
+/// name for `system`); the Messages API takes them only as the top-level `system` string.
+pub(crate) fn is_system_role(role: &str) -> bool {
+    role == "system" || role == "developer"
 }
 
 /// A request ready to send: where it goes (shared by a run's rows) and the JSON body bytes.
@@ -195,6 +202,58 @@ pub fn error_message(kind: ProviderKind, body: &[u8]) -> String {
         ProviderKind::OpenAi => openai::error_message(body),
         ProviderKind::Anthropic => anthropic::error_message(body),
     }
+}
+
+/// Maps a non-2xx HTTP status (and its body, for quota exhaustion) to an [`ErrorType`].
+///
+/// Quota exhaustion hides behind ordinary statuses (OpenAI: 429 `insufficient_quota`;
+/// Anthropic: 400 "credit balance is too low" / `billing_error`), and must stop the run
+/// instead of being retried, so the body is inspected for those statuses only.
+pub fn classify_status(kind: ProviderKind, status: u16, body: &[u8]) -> ErrorType {
+    match status {
+        401 | 403 => ErrorType::Auth,
+        400 | 402 | 429 if is_quota_body(kind, body) => ErrorType::Quota,
+        402 => ErrorType::Quota,
+        429 => ErrorType::RateLimited,
+        408 => ErrorType::Timeout,
+        409 => ErrorType::Conflict,
+        404 => ErrorType::NotFound,
+        529 => ErrorType::Overloaded,
+        // OpenAI sheds load with a 503 "The server is overloaded or not ready yet."
+        503 if mentions_overload(body) => ErrorType::Overloaded,
+        500..=599 => ErrorType::ServerError,
+        400..=499 => ErrorType::BadRequest,
+        // 1xx/3xx as a final answer: not something either API sends.
+        _ => ErrorType::InvalidResponse,
+    }
+}
+
+fn mentions_overload(body: &[u8]) -> bool {
+    let head = &body[..body.len().min(2048)];
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .contains("overloaded")
+}
+
+/// Whether an error body says the account is out of credit: an error `type` or `code` among
+/// the provider's quota names, or a message holding one of its quota phrases.
+fn is_quota_body(kind: ProviderKind, body: &[u8]) -> bool {
+    let (names, phrases) = match kind {
+        ProviderKind::OpenAi => (openai::QUOTA_NAMES, openai::QUOTA_PHRASES),
+        ProviderKind::Anthropic => (anthropic::QUOTA_NAMES, anthropic::QUOTA_PHRASES),
+    };
+    let fields = error_fields(body);
+    let named = fields.as_ref().is_some_and(|f| {
+        [f.kind.as_deref(), f.code.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(|name| names.contains(&name))
+    });
+    let message = match &fields {
+        Some(f) => f.message.to_ascii_lowercase(),
+        None => String::from_utf8_lossy(&body[..body.len().min(2048)]).to_ascii_lowercase(),
+    };
+    named || phrases.iter().any(|phrase| message.contains(phrase))
 }
 
 /// What one server-sent event did to a stream being assembled.
@@ -438,6 +497,75 @@ mod tests {
         Message {
             role: role.into(),
             content,
+        }
+    }
+
+    const OPENAI_QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+    const OPENAI_RATE: &str = r#"{"error":{"message":"Rate limit reached for gpt-4o-mini on requests per min (RPM): Limit 3, Used 3.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    const ANTHROPIC_CREDIT: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
+    const ANTHROPIC_BILLING: &str =
+        r#"{"type":"error","error":{"type":"billing_error","message":"Billing issue"}}"#;
+    const ANTHROPIC_BAD: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+
+    #[test]
+    fn classify_status_table() {
+        use ErrorType::*;
+        use ProviderKind::{Anthropic, OpenAi};
+        let cases: &[(ProviderKind, u16, &str, ErrorType)] = &[
+            (OpenAi, 401, "", Auth),
+            (OpenAi, 403, "", Auth),
+            (Anthropic, 401, "", Auth),
+            (Anthropic, 403, ANTHROPIC_BILLING, Auth),
+            (OpenAi, 429, OPENAI_QUOTA, Quota),
+            (OpenAi, 429, "You exceeded your current quota", Quota),
+            (OpenAi, 429, OPENAI_RATE, RateLimited),
+            (OpenAi, 429, "", RateLimited),
+            (Anthropic, 429, "", RateLimited),
+            (Anthropic, 400, ANTHROPIC_CREDIT, Quota),
+            (Anthropic, 400, ANTHROPIC_BILLING, Quota),
+            (Anthropic, 400, ANTHROPIC_BAD, BadRequest),
+            (OpenAi, 400, ANTHROPIC_BAD, BadRequest),
+            (OpenAi, 402, "", Quota),
+            (OpenAi, 408, "", Timeout),
+            (OpenAi, 409, "", Conflict),
+            (OpenAi, 404, "", NotFound),
+            (OpenAi, 413, "", BadRequest),
+            (OpenAi, 422, "", BadRequest),
+            (OpenAi, 500, "", ServerError),
+            (OpenAi, 502, "<html>bad gateway</html>", ServerError),
+            (OpenAi, 503, "", ServerError),
+            (
+                OpenAi,
+                503,
+                r#"{"error":{"message":"The server is overloaded or not ready yet.","type":"server_error"}}"#,
+                Overloaded,
+            ),
+            (OpenAi, 504, "", ServerError),
+            (OpenAi, 520, "", ServerError),
+            (Anthropic, 529, "", Overloaded),
+            (OpenAi, 302, "", InvalidResponse),
+        ];
+        for &(kind, status, body, want) in cases {
+            let got = classify_status(kind, status, body.as_bytes());
+            assert_eq!(got, want, "{kind:?} {status} {body}");
+        }
+    }
+
+    #[test]
+    fn retryable_statuses_classify_as_retryable() {
+        // Every status DESIGN.md names as retryable classifies to a retryable type, and the rest
+        // of 4xx never does.
+        for status in [408, 409, 429, 500, 502, 503, 504, 529] {
+            assert!(
+                classify_status(ProviderKind::OpenAi, status, b"").is_retryable(),
+                "{status}"
+            );
+        }
+        for status in (400..500).filter(|s| ![408, 409, 429].contains(s)) {
+            assert!(
+                !classify_status(ProviderKind::Anthropic, status, b"").is_retryable(),
+                "{status}"
+            );
         }
     }
 

@@ -6,7 +6,7 @@ use super::{
     describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
     PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage,
 };
-use crate::retry::ErrorType;
+use crate::error::ErrorType;
 use crate::secret::ApiKey;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -160,6 +160,11 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
 pub fn error_message(body: &[u8]) -> String {
     describe_error_body(body)
 }
+
+/// Error `type`s or `code`s that mean the account is out of credit (see `classify_status`).
+pub(crate) const QUOTA_NAMES: &[&str] = &["insufficient_quota"];
+/// ... and phrases of their messages that say so (lowercase).
+pub(crate) const QUOTA_PHRASES: &[&str] = &["exceeded your current quota", "insufficient_quota"];
 
 #[derive(Deserialize)]
 struct Chunk<'a> {

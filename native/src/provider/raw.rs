@@ -2,7 +2,7 @@
 //! row is submitted, then written into the request body as they are, instead of being parsed
 //! into values and serialized again for every row.
 
-use super::{anthropic::is_system_role, content_chars, Message};
+use super::{content_chars, is_system_role, Message};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
