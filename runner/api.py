@@ -57,8 +57,9 @@ def run(
     """
     import polars as pl
 
-    from runner.batch import EXIT_INTERRUPTED, Batch
+    from runner.batch import Batch
     from runner.options import RunOptions
+    from runner.outcome import Reporter, Stop
 
     known = {f.name for f in dataclasses.fields(RunOptions)} - _FIXED
     unknown = sorted(set(options) - known)
@@ -69,15 +70,16 @@ def run(
         source = _input_path(data, scratch)
         target = Path(output) if output is not None else scratch / "output.parquet"
         opts = RunOptions(input=source, output=target, provider=provider, model=model, **options)
-        err = _Watch(sys.stderr if progress else None)
-        code = Batch(opts, err=err).run()
-        if code == EXIT_INTERRUPTED:
+        outcome = Batch(opts, Reporter(sys.stderr if progress else _Silent())).run()
+        if outcome.stop is Stop.INTERRUPTED:
             raise KeyboardInterrupt(f"run interrupted; finished rows are saved in {target}")
+        if outcome.stop is Stop.WRITE_ERROR:
+            raise RunnerError(outcome.message or "the run could not write its results")
         if not target.exists():
-            raise RunnerError(f"the run ended without output (exit code {code})")
+            raise RunnerError(f"the run ended without output ({outcome.stop.value})")
         frame = pl.read_parquet(target)
-        if err.stopped:
-            raise RunnerError(err.stopped)
+        if outcome.stop is Stop.STOPPED:
+            raise RunnerError(f"run stopped: {outcome.message}")
         return frame
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -112,26 +114,8 @@ def _input_path(data: Any, scratch: Path) -> str:
     return str(path)
 
 
-class _Watch(io.StringIO):
-    """The run's message stream: passed on to ``target`` (or dropped), remembering the line
-    that says the run was stopped (a wrong key, quota), which `run` raises."""
-
-    def __init__(self, target: Any) -> None:
-        super().__init__()
-        self.target = target
-        self.stopped: str | None = None
+class _Silent(io.StringIO):
+    """Where the lines of a run with ``progress=False`` go: nowhere."""
 
     def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line.startswith("error: run stopped:"):
-                self.stopped = line.removeprefix("error: ")
-        if self.target is not None:
-            self.target.write(text)
         return len(text)
-
-    def flush(self) -> None:
-        if self.target is not None:
-            self.target.flush()
-
-    def isatty(self) -> bool:
-        return bool(self.target is not None and self.target.isatty())

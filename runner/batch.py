@@ -1,16 +1,18 @@
-"""Running one batch: preflight, one lane per model, checkpointing, budget, and the final output."""
+"""The live engine: one run of a spec as concurrent requests. Preflight, one lane per model,
+the run directory and its log, budget, the final output; it returns a `RunOutcome` and writes
+its lines to the `Reporter` it is given (see ARCHITECTURE.md, "The run")."""
 
 from __future__ import annotations
 
 import json
 import shlex
-import sys
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+import polars as pl
 import pyarrow.compute as pc
 
 from runner import __version__, endpoint, memory, observability
@@ -19,6 +21,7 @@ from runner.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError
 from runner.lane import LaneRun
 from runner.options import RunOptions
+from runner.outcome import Reporter, RunOutcome, Stop
 from runner.pricing import price_of
 from runner.progress import Progress, pace_text, summary
 from runner.render import RequestSpec, plan
@@ -28,18 +31,17 @@ from runner.shutdown import Shutdown, stop_signals
 #: How long one poll of the executors waits at most; also the pace of progress.
 POLL_SECONDS = 0.2
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-__all__ = ["Batch", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["Batch", "resume_command"]
 
 
 class Batch:
     """One `run`: owns the lanes (one per model), the run directory and the run loop."""
 
-    def __init__(self, opts: RunOptions, err: TextIO = sys.stderr) -> None:
+    def __init__(self, opts: RunOptions, reporter: Reporter | None = None) -> None:
         opts.check()
         self.opts = opts
-        self.err = err
+        self.reporter = reporter or Reporter()
+        self.say = self.reporter.say
         self.paths = resolve_inputs(opts.input)
         self.spec = RequestSpec(template=opts.template, system=opts.system, id_column=opts.id_column)
         self.lanes = opts.lanes()
@@ -87,7 +89,7 @@ class Batch:
                 "pass --restart to start over, or write to another output"
             )
 
-    def dry_run(self, rows: int) -> int:
+    def dry_run(self, rows: int) -> RunOutcome:
         """Counts, shows the first request, and estimates tokens and cost; sends nothing."""
         chars, first = 0, None
         renderers: dict[Path, Any] = {}
@@ -106,7 +108,7 @@ class Batch:
         system_chars = len(self.opts.system or "") * rows
         prompt_tokens = (chars + system_chars) // 4
         completion_tokens = (self.opts.max_tokens or 0) * rows
-        print(f"{rows} rows × {len(self.lanes)} model(s); nothing was sent.", file=self.err)
+        self.say(f"{rows} rows × {len(self.lanes)} model(s); nothing was sent.")
         for lane in self.lanes:
             price = price_of(lane.model, self.opts.prices)
             cost = (
@@ -115,21 +117,21 @@ class Batch:
                 else f"${(prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6:.4f}"
                 + ("" if self.opts.max_tokens else " + output (no --max-tokens to bound it)")
             )
-            print(
+            self.say(
                 f"{lane.provider}/{lane.model}: ~{prompt_tokens:,} prompt tokens, "
-                f"≤{completion_tokens:,} completion tokens, estimated cost {cost}",
-                file=self.err,
+                f"≤{completion_tokens:,} completion tokens, estimated cost {cost}"
             )
         if first is not None:
             request = {"model": self.lanes[0].model, "messages": json.loads(first)}
             if self.opts.system:
                 request["system"] = self.opts.system
-            print("first request:", json.dumps(request, ensure_ascii=False, indent=2), file=self.err)
-        return EXIT_OK
+            self.say("first request: " + json.dumps(request, ensure_ascii=False, indent=2))
+        return RunOutcome(self.opts.output, Stop.DRY_RUN, rows=rows * len(self.lanes))
 
     # -- run -------------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self) -> RunOutcome:
+        """Runs the spec; user mistakes raise `RunnerError` before anything is sent."""
         digests = None if self.opts.dry_run else digests_in_background(self.paths)
         summary_scan = scan(self.paths, self.spec)
         total = summary_scan.rows if self.opts.limit is None else min(summary_scan.rows, self.opts.limit)
@@ -186,11 +188,10 @@ class Batch:
         grand_total = total * len(self.lanes)
         to_send = grand_total - sum(1 for r in settled if r < grand_total)
         if settled:
-            print(f"resuming: {grand_total - to_send} of {grand_total} rows are settled and will not be sent again", file=self.err)
+            self.say(f"resuming: {grand_total - to_send} of {grand_total} rows are settled and will not be sent again")
         if o.max_cost is not None and spent >= o.max_cost:
-            print(f"error: the budget of ${o.max_cost:g} is already spent (${spent:.4f}); "
-                  f"resume with a higher one: {resume_command(o.output)} --max-cost N", file=self.err)
-            return EXIT_FAILED
+            message = f"the budget of ${o.max_cost:g} is already spent (${spent:.4f})"
+            return self._end(run_dir, RunOutcome(o.output, Stop.BUDGET, rows=grand_total, message=message))
         if len(self.lanes) == 1:  # a matrix's rows finish lane by lane out of order: it compacts
             run_dir.stream_output(grand_total)
         cache = self._open_cache()
@@ -201,10 +202,10 @@ class Batch:
         for lane in lanes:
             lane.start(skip, recovered, run_dir.log.prefix(lane.lane.index))
         metrics_server = observability.start_metrics(
-            o.metrics_port, [(lane.executor, lane.lane.provider, lane.lane.model) for lane in lanes], self.err
+            o.metrics_port, [(lane.executor, lane.lane.provider, lane.lane.model) for lane in lanes], self.reporter.stream
         )
         started = time.monotonic()
-        stop = Shutdown([lane.executor for lane in lanes], o.grace_period, self.err)
+        stop = Shutdown([lane.executor for lane in lanes], o.grace_period, self.reporter.stream)
         write_error: OutputError | None = None
         over_budget = False
         label = f"{self.lanes[0].provider}/{self.lanes[0].model}" if len(lanes) == 1 else f"{len(lanes)} models"
@@ -232,7 +233,7 @@ class Batch:
                 take(lane, 0)
             run_dir.flush(sealed, recovered=all(lane.recovered_left == 0 for lane in lanes))
 
-        with Progress(total=to_send, label=label, stream=self.err) as progress, stop_signals(stop):
+        with Progress(total=to_send, label=label, stream=self.reporter.stream) as progress, stop_signals(stop):
             while active:
                 wait = run_dir.seconds_to_flush(POLL_SECONDS) / len(active)
                 for lane in list(active):
@@ -242,7 +243,7 @@ class Batch:
                     over_budget = True
                     for lane in lanes:
                         lane.executor.drain()
-                    print(f"\nbudget reached: ${spent:.4f} of ${o.max_cost:g}; no new requests are sent", file=self.err)
+                    self.say(f"\nbudget reached: ${spent:.4f} of ${o.max_cost:g}; no new requests are sent")
                 if write_error is None:
                     try:
                         if run_dir.flush_due():
@@ -268,31 +269,39 @@ class Batch:
             if lane.feed_error is not None:
                 raise lane.feed_error
         if write_error is not None:
-            print(f"error: {write_error}", file=self.err)
-            print(f"the run state is consistent; once there is room, resume with: {resume_command(o.output)}", file=self.err)
-            return EXIT_FAILED
+            return self._end(run_dir, RunOutcome(o.output, Stop.WRITE_ERROR, rows=grand_total, message=str(write_error)))
         if stop.requested:
             logged = run_dir.logged([lane.model for lane in self.lanes], total, o.prices)
+            ok, failed = _counts(run_dir.latest(["_row", "status"], logged))
             saved_rows = len(run_dir.saved(o.retry_failed, logged)[0])
-            print(f"\ninterrupted: {saved_rows} of {grand_total} rows are saved in {run_dir.path}", file=self.err)
-            print(f"resume with: {resume_command(o.output)}", file=self.err)
-            return EXIT_INTERRUPTED
+            message = f"{saved_rows} of {grand_total} rows are saved in {run_dir.path}"
+            return self._end(run_dir, RunOutcome(o.output, Stop.INTERRUPTED, grand_total, 0, ok, failed, message))
         fatal = [lane.executor.fatal_error() for lane in lanes if lane.executor.fatal_error()]
-        table = run_dir.compact(self._metadata(run_dir, lanes, elapsed))
-        print(summary(table, elapsed), file=self.err)
+        table = run_dir.compact(self._metadata(run_dir, lanes, elapsed), lambda: lanes[0].empty_output().schema)
+        self.say(summary(table, elapsed))
         if (pace := self._pace(lanes, [lane.executor.stats() for lane in lanes])) is not None:
-            print(f"pacing: {pace}", file=self.err)
+            self.say(f"pacing: {pace}")
         if any(lane.cache_hits for lane in lanes):
-            print(f"cache: {sum(lane.cache_hits for lane in lanes)} rows answered from the cache", file=self.err)
+            self.say(f"cache: {sum(lane.cache_hits for lane in lanes)} rows answered from the cache")
+        ok, failed = _counts(pl.from_arrow(table.select(["status"])))
+        outcome = RunOutcome(o.output, Stop.COMPLETED, grand_total, table.num_rows, ok, failed)
         if fatal:
-            print(f"error: run stopped: {fatal[0]}", file=self.err)
-            return EXIT_FAILED
-        if over_budget:
-            print(f"error: stopped at the budget; resume with a higher one: {resume_command(o.output)} --max-cost N", file=self.err)
-            return EXIT_FAILED
-        failed = pc.sum(pc.equal(table.column("status"), "error")).as_py() if table.num_rows else 0
-        print(f"wrote {table.num_rows} rows to {o.output}", file=self.err)
-        return EXIT_FAILED if failed or table.num_rows < grand_total else EXIT_OK
+            outcome.stop, outcome.message = Stop.STOPPED, fatal[0]
+        elif over_budget:
+            outcome.stop, outcome.message = Stop.BUDGET, "stopped at the budget"
+        return self._end(run_dir, outcome)
+
+    @staticmethod
+    def _end(run_dir: RunDir, outcome: RunOutcome) -> RunOutcome:
+        """Keeps how the run ended in its run state, for `status` (best effort: a full disk
+        may refuse it, and the state stays as it was)."""
+        record = run_dir.record()
+        if record is not None:
+            try:
+                run_dir.write_record({**record, "outcome": outcome.record()})
+            except OutputError:
+                pass
+        return outcome
 
     @staticmethod
     def _progress(progress: Progress, lanes: list[LaneRun]) -> None:
@@ -324,6 +333,13 @@ class Batch:
                 "cache_hits": lane.cache_hits,
             }
         return {META_CONFIG: json.dumps(record).encode(), META_SUMMARY: json.dumps(metrics).encode()}
+
+
+def _counts(frame: Any) -> tuple[int, int]:
+    """Rows ok and failed in a frame's `status` column."""
+    if "status" not in frame.columns:
+        return 0, 0
+    return int((frame["status"] == "ok").sum()), int((frame["status"] == "error").sum())
 
 
 def resume_command(output: Path) -> str:

@@ -369,7 +369,7 @@ class RunDir:
         for path in small:
             path.unlink(missing_ok=True)
 
-    def compact(self, metadata: dict[bytes, bytes]) -> pa.Table:
+    def compact(self, metadata: dict[bytes, bytes], empty: Callable[[], pa.Schema] | None = None) -> pa.Table:
         """Replaces OUTPUT atomically with the latest result of every row, in input order.
 
         A streamed output (`stream_output`) that holds every row is put in place as it is;
@@ -377,7 +377,8 @@ class RunDir:
         order of their first row, when the window reaches it; rows beyond the window wait for
         theirs. Memory is bounded by the window and the parts that span it, not by the run's
         size. Returns the columns a summary needs (status, error_type, tokens, latency) for all
-        rows.
+        rows. `empty` gives the output's schema when no row has a result (a run stopped at its
+        first rows), so that even then the output has its columns.
         """
         if self._stream is not None:
             stream, self._stream = self._stream, None
@@ -389,7 +390,10 @@ class RunDir:
         footers = self._readable_footers()
         parts = [path for path, _ in footers]
         spans = [_row_span(meta) for _, meta in footers]
-        schema = target_schema([meta.schema.to_arrow_schema() for _, meta in footers]).with_metadata(metadata)
+        schemas = [meta.schema.to_arrow_schema() for _, meta in footers]
+        if not schemas and empty is not None:
+            schemas = [empty()]
+        schema = target_schema(schemas).with_metadata(metadata)
         out_schema = schema.remove(schema.get_field_index("_row")) if "_row" in schema.names else schema
         summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
         summaries: list[pa.Table] = []

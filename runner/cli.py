@@ -1,4 +1,5 @@
-"""The `prompt-runner` command line: thin Typer commands; domain errors become one line and an exit code."""
+"""The `prompt-runner` command line: thin Typer commands. The one place that turns a run's
+outcome, or a user's mistake, into its last lines and an exit code (ARCHITECTURE.md, "The edge")."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import typer
 
 from runner.options import RunOptions
 from runner.errors import RunnerError
+from runner.outcome import RunOutcome, Stop
 
 app = typer.Typer(
     name="prompt-runner",
@@ -27,7 +29,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_USAGE = 2
+#: Every row ok (or within --max-failures); some row failed, the run stopped, or a threshold was
+#: missed; a user's mistake (nothing sent); interrupted (finished rows saved).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -59,6 +63,7 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows.")] = None,
     cache: Annotated[Optional[bool], typer.Option("--cache", help="Reuse identical earlier responses (SQLite in the user cache dir).")] = None,
     max_cost: Annotated[Optional[float], typer.Option(help="USD; stop dispatching when the run has spent this much.")] = None,
+    max_failures: Annotated[Optional[int], typer.Option(help="Exit 0 even when up to N rows end in error (default 0).")] = None,
     min_pass_rate: Annotated[Optional[float], typer.Option(help="With --job: the pass rate each model must reach.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render the input, count rows and estimate cost; send nothing.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the saved state of OUTPUT and start over.")] = False,
@@ -77,7 +82,7 @@ def run(
         "max_retries": max_retries, "timeout": timeout, "stream": stream, "template": template,
         "template_file": template_file, "system": system, "id_column": id_column,
         "temperature": temperature, "max_tokens": max_tokens, "cache": cache, "max_cost": max_cost,
-        "min_pass_rate": min_pass_rate,
+        "max_failures": max_failures, "min_pass_rate": min_pass_rate,
     }
     extra = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
              "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port,
@@ -124,25 +129,62 @@ def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunOptio
 
 def execute(opts: RunOptions, job: object = None) -> int:
     """Runs a batch, then scores and reports it for a job; user mistakes become one line and exit 2."""
-    from runner.batch import EXIT_FAILED, EXIT_OK, Batch
+    from runner.batch import Batch
 
     try:
-        code = Batch(opts).run()
-        if job is None and opts.job and not opts.dry_run:
+        outcome = Batch(opts).run()
+        tell(outcome)
+        if job is None and opts.job and outcome.stop is not Stop.DRY_RUN:
             from runner.jobfile import load_job
 
             job = load_job(Path(opts.job))
-        if job is not None and code in (EXIT_OK, EXIT_FAILED) and opts.output.is_file() and not opts.dry_run:
+        scored = outcome.stop in (Stop.COMPLETED, Stop.STOPPED, Stop.BUDGET)
+        if job is not None and scored and opts.output.is_file():
             from runner.evals import evaluate
 
-            code = max(code, evaluate(job, opts.output))  # type: ignore[arg-type]
-        return code
+            if evaluate(job, opts.output) and outcome.stop is Stop.COMPLETED:  # type: ignore[arg-type]
+                outcome.stop = Stop.THRESHOLD
+        return exit_code(outcome, opts.max_failures)
     except RunnerError as err:
         typer.echo(f"error: {err}", err=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         typer.echo("interrupted before the run started; nothing was sent", err=True)
         return 130
+
+
+def tell(outcome: RunOutcome) -> None:
+    """The run's last lines: what was written, or why it stopped and how to go on."""
+    from runner.batch import resume_command
+
+    resume = resume_command(outcome.output)
+    stop, message = outcome.stop, outcome.message
+    if stop in (Stop.COMPLETED, Stop.THRESHOLD):
+        typer.echo(f"wrote {outcome.written} rows to {outcome.output}", err=True)
+    elif stop is Stop.STOPPED:
+        typer.echo(f"error: run stopped: {message}", err=True)
+    elif stop is Stop.BUDGET:
+        typer.echo(f"error: {message}; resume with a higher one: {resume} --max-cost N", err=True)
+    elif stop is Stop.WRITE_ERROR:
+        typer.echo(f"error: {message}", err=True)
+        typer.echo(f"the run state is consistent; once there is room, resume with: {resume}", err=True)
+    elif stop is Stop.INTERRUPTED:
+        typer.echo(f"\ninterrupted: {message}", err=True)
+        typer.echo(f"resume with: {resume}", err=True)
+
+
+def exit_code(outcome: RunOutcome, max_failures: int | None) -> int:
+    """0 when every row is ok, or at most `max_failures` failed; 130 when interrupted; else 1."""
+    if outcome.stop is Stop.INTERRUPTED:
+        return EXIT_INTERRUPTED
+    if outcome.stop is Stop.DRY_RUN:
+        return EXIT_OK
+    if outcome.stop is not Stop.COMPLETED or outcome.written < outcome.rows:
+        return EXIT_FAILED
+    if outcome.failed and outcome.failed <= (max_failures or 0):
+        typer.echo(f"{outcome.failed} rows failed, within --max-failures {max_failures}", err=True)
+        return EXIT_OK
+    return EXIT_FAILED if outcome.failed else EXIT_OK
 
 
 @app.command()
@@ -262,7 +304,41 @@ def pairs(flag: str, value: Optional[str], shape: str, second: type) -> list[lis
     return out
 
 
-app.command("report")(__import__("runner.report", fromlist=["report_command"]).report_command)
+@app.command()
+def report(
+    output: Annotated[Path, typer.Argument(help="An output Parquet file of prompt-runner run.")],
+    markdown_file: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown summary here.")] = None,
+    junit_file: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (a test case per row and model).")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the per-model stats as JSON here.")] = None,
+    min_pass_rate: Annotated[
+        Optional[float], typer.Option(min=0.0, max=1.0, help="Exit 1 when a model's pass rate is lower (default: the job's).")
+    ] = None,
+) -> None:
+    """Per-model counts, pass rates, errors, tokens, cost and latency of an output file."""
+    from runner.report import ReportError, load_output, print_stats, score_record, write_reports
+
+    try:
+        table = load_output(output)
+        if min_pass_rate is not None and "passed" not in table.column_names:
+            raise ReportError(f"{output}: --min-pass-rate needs a scored output (no 'passed' column)")
+        stats, missed = write_reports(
+            table,
+            markdown_path=markdown_file,
+            junit_path=junit_file,
+            json_path=json_file,
+            min_pass_rate=min_pass_rate,
+            title=f"prompt-runner report: {output.name}",
+        )
+    except RunnerError as err:
+        raise fail(str(err)) from None
+    print_stats(stats, f"{output}")
+    threshold = min_pass_rate if min_pass_rate is not None else score_record(table).get("min_pass_rate")
+    for message in missed:
+        typer.echo(f"below the minimum pass rate: {message}", err=True)
+    if threshold is not None and "passed" in table.column_names and not missed:
+        typer.echo(f"every model reaches the minimum pass rate {threshold:.2f}", err=True)
+    if missed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def main() -> None:

@@ -14,15 +14,13 @@ from runner.jobfile import Job
 from runner.report import write_reports
 from runner.score import score_table
 
-__all__ = ["EXIT_OK", "EXIT_THRESHOLD", "evaluate"]
-
-EXIT_OK, EXIT_THRESHOLD = 0, 1
+__all__ = ["evaluate"]
 
 
-def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = None) -> int:
+def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = None) -> list[str]:
     """Scores ``output`` (default ``job.output``) with ``job.score`` and rewrites it atomically
     with ``score``/``passed`` columns (metadata kept), writes ``job.report``'s files, and prints
-    one line per model below ``min_pass_rate``. Returns 1 when a threshold was missed, else 0.
+    one line per model below ``min_pass_rate``. Returns those lines (empty: no threshold missed).
 
     Without a ``[score]`` section only the reports are written. Raises InputError for a
     scoring mistake (missing expected column, failing user function).
@@ -52,4 +50,4 @@ def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = No
         target = getattr(job.report, name)
         if target:
             print(f"wrote {name} report to {target}", file=err)
-    return EXIT_THRESHOLD if missed else EXIT_OK
+    return missed

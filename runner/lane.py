@@ -239,6 +239,14 @@ class LaneRun:
             self.cache.store_results(keys, results)
         return [self._output_rows(inputs, ids, res, cached) for inputs, ids, res in self.inflight.join(results)]
 
+    def empty_output(self) -> pa.Table:
+        """No output rows, with the output's columns (and `_row`): the input's first chunk's
+        columns, then the result columns."""
+        chunk = next(iter(iter_chunks(self.paths, schemas=self.schemas)), None)
+        inputs = chunk.table.slice(0, 0) if chunk is not None else pa.table({})
+        results = result_table({"row": [], "request_hash": [], **{f.name: [] for f in RESULT_FIELDS}})
+        return self._output_rows(inputs, pa.array([], pa.string()), results, cached=False)
+
     def _output_rows(self, inputs: pa.Table, ids: pa.Array, res: pa.Table, cached: bool) -> pa.Table:
         n = res.num_rows
         columns: dict[str, Any] = {"_row": res.column("_row"), "id": ids}

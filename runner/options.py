@@ -56,6 +56,8 @@ class RunOptions:
     models: list[dict[str, Any]] | None = None
     cache: bool = False
     max_cost: float | None = None
+    #: The run exits 0 with up to this many rows in error (None: 0).
+    max_failures: int | None = None
     #: Price overrides, USD per 1M tokens: {model: [input, output]}.
     prices: dict[str, list[float]] = field(default_factory=dict)
     #: The job file this run came from (scored and reported after the run).
@@ -99,6 +101,8 @@ class RunOptions:
             raise InputError(f"--timeout: must be a positive number of seconds, got {self.timeout}")
         if self.grace_period < 0:
             raise InputError(f"--grace-period: must be 0 or more seconds, got {self.grace_period}")
+        if self.max_failures is not None and self.max_failures < 0:
+            raise InputError(f"--max-failures: must be 0 or more, got {self.max_failures}")
         if self.max_cost is not None and self.max_cost <= 0:
             raise InputError(f"--max-cost: must be a positive number of USD, got {self.max_cost}")
         for spec in self.models or [{"provider": self.provider, "model": self.model}]:
@@ -141,6 +145,7 @@ def from_job(job: Any, **extra: Any) -> RunOptions:
         ],
         cache=bool(job.cache),
         max_cost=limits.max_cost,
+        max_failures=limits.max_failures,
         prices={k: list(v) for k, v in job.prices.items()},
         job=str(job.source) if job.source else None,
         **extra,

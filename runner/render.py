@@ -20,11 +20,12 @@ if TYPE_CHECKING:  # jinja2 loads with the first template (~12 ms a prompt-only 
 
 __all__ = ["ROLES", "Renderer", "RequestSpec", "plan"]
 
-#: Roles a ``messages`` row may use.
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
+#: Roles a ``messages`` row may use. ``developer`` is OpenAI's name for system instructions to
+#: reasoning models; for Anthropic it joins the system prompt, as ``system`` messages do.
+ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant")
 
 Source = Literal["template", "messages", "prompt", "batch"]
-_BAD_MESSAGES = "messages must be a non-empty list of {role, content} objects with role system, user or assistant"
+_BAD_MESSAGES = "messages must be a non-empty list of {role, content} objects with role system, developer, user or assistant"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,7 @@
 """Reports of an output file: per-model stats on the terminal, Markdown, JUnit XML and JSON.
 
-``prompt-runner report OUTPUT.parquet [--markdown F] [--junit F] [--json F] [--min-pass-rate X]``
-
-Pass rates come from the ``passed`` column (see :mod:`runner.score`); the threshold is
-``--min-pass-rate``, else the one recorded when the table was scored. Exit codes: 0, 1 when a
-model misses the threshold, 2 when the file cannot be read or is not a prompt-runner output.
+Pass rates come from the ``passed`` column (see :mod:`runner.score`); the threshold is the
+caller's, else the one recorded when the table was scored. The `report` command is in runner.cli.
 """
 
 from __future__ import annotations
@@ -14,9 +11,7 @@ import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import InputError
 from runner.schema import input_column_name
@@ -25,14 +20,12 @@ if TYPE_CHECKING:
     import polars as pl
     import pyarrow as pa
 
-# polars, pyarrow and runner.score are imported where used: the CLI imports this module to
-# register the command, and `prompt-runner --help` should not pay for them.
+# polars, pyarrow and runner.score are imported where used: this module stays light to import.
 META_SCORE = b"prompt_runner.score"  # == runner.score.META_SCORE
 
 __all__ = [
     "load_output",
     "model_stats",
-    "report_command",
     "score_record",
     "write_json",
     "write_junit",
@@ -387,38 +380,3 @@ def write_reports(
     if json_path:
         write_json(stats, json_path, min_pass_rate=min_pass_rate, thresholds_missed=missed)
     return stats, missed
-
-
-def report_command(
-    output: Annotated[Path, typer.Argument(help="An output Parquet file of prompt-runner run.")],
-    markdown_file: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown summary here.")] = None,
-    junit_file: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (a test case per row and model).")] = None,
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the per-model stats as JSON here.")] = None,
-    min_pass_rate: Annotated[
-        Optional[float], typer.Option(min=0.0, max=1.0, help="Exit 1 when a model's pass rate is lower (default: the job's).")
-    ] = None,
-) -> None:
-    """Per-model counts, pass rates, errors, tokens, cost and latency of an output file."""
-    try:
-        table = load_output(output)
-        if min_pass_rate is not None and "passed" not in table.column_names:
-            raise ReportError(f"{output}: --min-pass-rate needs a scored output (no 'passed' column)")
-        stats, missed = write_reports(
-            table,
-            markdown_path=markdown_file,
-            junit_path=junit_file,
-            json_path=json_file,
-            min_pass_rate=min_pass_rate,
-            title=f"prompt-runner report: {output.name}",
-        )
-    except InputError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    print_stats(stats, f"{output}")
-    threshold = min_pass_rate if min_pass_rate is not None else score_record(table).get("min_pass_rate")
-    for message in missed:
-        typer.echo(f"below the minimum pass rate: {message}", err=True)
-    if threshold is not None and "passed" in table.column_names and not missed:
-        typer.echo(f"every model reaches the minimum pass rate {threshold:.2f}", err=True)
-    if missed:
-        raise typer.Exit(1)

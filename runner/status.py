@@ -38,6 +38,8 @@ def run_status(output: Path) -> dict[str, Any]:
         state = f"running (pid {holder})"
     elif frame.height >= total and output.is_file() and _output_is_current(run_dir):
         state = "complete" if failed == 0 else "complete with failed rows"
+    elif (ended := (record or {}).get("outcome") or {}).get("stop") in _STOPS:
+        state = f"stopped ({_STOPS[ended['stop']]}): {ended.get('message')}: resume with `prompt-runner resume {output}`"
     else:
         state = "stopped (interrupted or killed): resume with `prompt-runner resume " + str(output) + "`"
     status: dict[str, Any] = {
@@ -57,6 +59,10 @@ def run_status(output: Path) -> dict[str, Any]:
     }
     status["metrics"] = _metrics(output) if holder is None else {}
     return status
+
+
+#: How a run that ended early says why (run.json's `outcome`, see runner.outcome.Stop).
+_STOPS = {"stopped": "a failure every row would share", "budget": "the budget", "write_error": "cannot write"}
 
 
 def _metrics(output: Path) -> dict[str, Any]:

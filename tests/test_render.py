@@ -156,7 +156,7 @@ def test_render_messages_validation_names_line(tmp_path: Path, bad: object) -> N
             break
     assert (
         msg
-        == f"{path}:5: messages must be a non-empty list of {{role, content}} objects with role system, user or assistant"
+        == f"{path}:5: messages must be a non-empty list of {{role, content}} objects with role system, developer, user or assistant"
     )
 
 
