@@ -174,7 +174,7 @@ def main() -> int:
         data = make_dataset(work / f"data-{n}.jsonl", n)
         server = MockProcess()
         try:
-            pr = prompt_runner(f"prompt-runner, 0 ms, concurrency 128", data, work / "out.parquet", server, n, "--concurrency", "128")
+            pr = prompt_runner("prompt-runner, 0 ms, concurrency 128", data, work / "out.parquet", server, n, "--concurrency", "128")
             results.append(pr)
             sending = n / run_phase(work / "out.parquet") if pr.ok else 0.0
             report.append(f"zero latency: {pr.rows_per_s:,.0f} rows/s end to end (target >= 20,000); "

@@ -57,9 +57,9 @@ def run(
     """
     import polars as pl
 
-    from runner.batch import Batch
-    from runner.options import RunOptions
-    from runner.outcome import Reporter, Stop
+    from runner.engine.live import Batch
+    from runner.engine.spec import RunOptions
+    from runner.engine.outcome import Reporter, Stop
 
     known = {f.name for f in dataclasses.fields(RunOptions)} - _FIXED
     unknown = sorted(set(options) - known)

@@ -17,9 +17,9 @@ memory.few_arenas()
 
 import typer
 
-from runner.options import RunOptions
+from runner.engine.spec import RunOptions
 from runner.errors import RunnerError
-from runner.outcome import RunOutcome, Stop
+from runner.engine.outcome import RunOutcome, Stop
 
 app = typer.Typer(
     name="prompt-runner",
@@ -88,7 +88,7 @@ def run(
              "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port,
              "fail_fast": fail_fast}
     try:
-        from runner import observability
+        from runner.engine import observability
 
         observability.setup_logging(log_level, log_format)
         if job is not None:
@@ -101,8 +101,8 @@ def run(
 
 
 def job_options(path: Path, flags: dict[str, object], extra: dict[str, object]) -> tuple[RunOptions, object]:
-    from runner.jobfile import load_job, merge_cli
-    from runner.options import from_job
+    from runner.evals.jobfile import load_job, merge_cli
+    from runner.engine.spec import from_job
 
     job = merge_cli(load_job(path), flags)
     return from_job(job, **extra), job
@@ -129,18 +129,18 @@ def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunOptio
 
 def execute(opts: RunOptions, job: object = None) -> int:
     """Runs a batch, then scores and reports it for a job; user mistakes become one line and exit 2."""
-    from runner.batch import Batch
+    from runner.engine.live import Batch
 
     try:
         outcome = Batch(opts).run()
         tell(outcome)
         if job is None and opts.job and outcome.stop is not Stop.DRY_RUN:
-            from runner.jobfile import load_job
+            from runner.evals.jobfile import load_job
 
             job = load_job(Path(opts.job))
         scored = outcome.stop in (Stop.COMPLETED, Stop.STOPPED, Stop.BUDGET)
         if job is not None and scored and opts.output.is_file():
-            from runner.evals import evaluate
+            from runner.evals.evaluate import evaluate
 
             if evaluate(job, opts.output) and outcome.stop is Stop.COMPLETED:  # type: ignore[arg-type]
                 outcome.stop = Stop.THRESHOLD
@@ -155,7 +155,7 @@ def execute(opts: RunOptions, job: object = None) -> int:
 
 def tell(outcome: RunOutcome) -> None:
     """The run's last lines: what was written, or why it stopped and how to go on."""
-    from runner.batch import resume_command
+    from runner.engine.live import resume_command
 
     resume = resume_command(outcome.output)
     stop, message = outcome.stop, outcome.message
@@ -198,7 +198,7 @@ def resume(
     max_cost: Annotated[Optional[float], typer.Option(help="A new budget in USD for the whole run.")] = None,
 ) -> None:
     """Continue a run from its saved state: ok rows are never sent again."""
-    from runner.checkpoint import RunDir
+    from runner.store.checkpoint import RunDir
 
     record = RunDir(output).record()
     if record is None or "options" not in record:
@@ -220,7 +220,7 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Rows done/ok/failed/pending, errors by type, tokens, cost, latencies, and the run's state."""
-    from runner.status import format_status, run_status, status_json
+    from runner.engine.status import format_status, run_status, status_json
 
     try:
         s = run_status(output)
@@ -315,7 +315,7 @@ def report(
     ] = None,
 ) -> None:
     """Per-model counts, pass rates, errors, tokens, cost and latency of an output file."""
-    from runner.report import ReportError, load_output, print_stats, score_record, write_reports
+    from runner.evals.report import ReportError, load_output, print_stats, score_record, write_reports
 
     try:
         table = load_output(output)

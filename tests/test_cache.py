@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.lane import result_table
-from runner.cache import LOOKUP_CHUNK, CacheError, ResponseCache, cache_key, cache_keys, default_cache_path, hits_chunk
+from runner.engine.lane import result_table
+from runner.store.cache import LOOKUP_CHUNK, CacheError, ResponseCache, cache_key, cache_keys, default_cache_path, hits_chunk
 
 BASE = dict(
     provider="openai",
@@ -128,7 +128,7 @@ def test_hits_become_executor_shaped_results(tmp_path: Path) -> None:
 WRITER = textwrap.dedent(
     """
     import sys
-    from runner.cache import ResponseCache
+    from runner.store.cache import ResponseCache
     path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cache = ResponseCache.open(path)
     for start in range(0, n, 25):

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import runner.checkpoint as checkpoint
-from runner.checkpoint import RunDir
+import runner.store.checkpoint as checkpoint
+from runner.store.checkpoint import RunDir
 
 
 def part(rows: list[int], status: str, extra: pa.Array | None = None) -> pa.Table:

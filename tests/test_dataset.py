@@ -1,4 +1,4 @@
-"""Tests for runner.dataset: input resolution, bounded chunked reading, error lines, preflight scan."""
+"""Tests for runner.inputs.dataset: input resolution, bounded chunked reading, error lines, preflight scan."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.dataset import Chunk, ScanSummary, iter_chunks, resolve_inputs, scan, unify
+from runner.inputs.dataset import Chunk, ScanSummary, iter_chunks, resolve_inputs, scan, unify
 from runner.errors import InputError, RunnerError
-from runner.render import RequestSpec
+from runner.inputs.render import RequestSpec
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

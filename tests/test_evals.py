@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from e2e import REPO, cli
 
-from runner.evals import evaluate
-from runner.jobfile import Job, load_job, merge_cli
+from runner.evals.evaluate import evaluate
+from runner.evals.jobfile import Job, load_job, merge_cli
 from runner.schema import META_CONFIG
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import InputError
-from runner.jobfile import Job, JobFileError, Limits, ModelSpec, load_job, merge_cli
+from runner.evals.jobfile import Job, JobFileError, Limits, ModelSpec, load_job, merge_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -286,7 +286,7 @@ def test_cli_override_values_are_checked(tmp_path: Path) -> None:
 
 
 def test_run_options_for_a_model(tmp_path: Path) -> None:
-    from runner.options import RunOptions
+    from runner.engine.spec import RunOptions
 
     job = load_good(tmp_path)
     opts = RunOptions(**job.run_options(job.models[1]))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from e2e import REPO, base_for, cli, mock, spawn, write_jsonl
 
-from runner import observability
+from runner.engine import observability
 
 SECRET = "sk-live-Tr5yU7iO9pQ1wE3rT6yU8iO0"
 

@@ -1,4 +1,4 @@
-"""The output written while the run goes on (runner.output_stream), and its fall-back to compaction."""
+"""The output written while the run goes on (runner.store.output_stream), and its fall-back to compaction."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from e2e import base_for, cli, mock, spawn, write_jsonl
 from test_checkpoint import part
 
-import runner.output_stream as output_stream
-from runner.checkpoint import RunDir
+import runner.store.output_stream as output_stream
+from runner.store.checkpoint import RunDir
 
 
 @pytest.fixture

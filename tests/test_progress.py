@@ -1,4 +1,4 @@
-"""Tests for runner.progress: plain status lines, the tty bar, and the end summary numbers."""
+"""Tests for runner.engine.progress: plain status lines, the tty bar, and the end summary numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import pyarrow as pa
 import pytest
 
-from runner.progress import Progress, format_count, format_duration, pace_text, summary
+from runner.engine.progress import Progress, format_count, format_duration, pace_text, summary
 
 
 class FakeClock:

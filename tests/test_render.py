@@ -1,4 +1,4 @@
-"""Tests for runner.render: request source choice, column checks, exact messages JSON, ids."""
+"""Tests for runner.inputs.render: request source choice, column checks, exact messages JSON, ids."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from runner.dataset import iter_chunks
+from runner.inputs.dataset import iter_chunks
 from runner.errors import InputError
-from runner.render import Renderer, RequestSpec, plan
+from runner.inputs.render import Renderer, RequestSpec, plan
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -275,8 +275,8 @@ def test_jinja2_loads_only_with_a_template() -> None:
     import sys
 
     code = (
-        "import sys, runner.batch\n"
-        "from runner.render import RequestSpec, plan\n"
+        "import sys, runner.engine.live\n"
+        "from runner.inputs.render import RequestSpec, plan\n"
         "print('jinja2' in sys.modules)\n"
         "plan(['q'], RequestSpec(template='{{ q }}'), 'f')\n"
         "print('jinja2' in sys.modules)\n"

@@ -13,8 +13,8 @@ import pytest
 from e2e import cli
 from outputs import output_table
 
-from runner import report
-from runner.score import META_SCORE, ScoreSpec, check_thresholds, score_table
+from runner.evals import report
+from runner.evals.score import META_SCORE, ScoreSpec, check_thresholds, score_table
 
 
 def matrix_rows() -> list[dict[str, Any]]:

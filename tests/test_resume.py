@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from e2e import base_for, cli, expected_reply, mock, read_output, spawn, stats, write_jsonl
 
-from runner.checkpoint import MERGE_PARTS
+from runner.store.checkpoint import MERGE_PARTS
 
 CONCURRENCY = 32
 

@@ -12,7 +12,7 @@ import pytest
 from outputs import output_table
 
 from runner.errors import InputError
-from runner.score import META_SCORE, ScoreSpec, check_thresholds, pass_rates, score_table
+from runner.evals.score import META_SCORE, ScoreSpec, check_thresholds, pass_rates, score_table
 
 
 def scored(rows: list[dict[str, Any]], spec: ScoreSpec, expected_type: pa.DataType = pa.string()) -> pa.Table:

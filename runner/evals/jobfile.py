@@ -27,10 +27,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runner.endpoint import MOCK_MODEL, PROVIDERS
+from runner.engine.endpoint import MOCK_MODEL, PROVIDERS
 from runner.errors import InputError
-from runner.pricing import cost_column, price_of
-from runner.score import ScoreSpec, validate_method
+from runner.engine.pricing import cost_column, price_of
+from runner.evals.score import ScoreSpec, validate_method
 
 __all__ = [
     "Job",
@@ -146,7 +146,7 @@ class Job:
         return self.prices[family] if family else price_of(model)
 
     def cost_column(self, model: str, prompt_tokens: pa.Array, completion_tokens: pa.Array) -> pa.Array:
-        """``cost_usd`` as :func:`runner.pricing.cost_column`, honouring the job's ``[prices]``."""
+        """``cost_usd`` as :func:`runner.engine.pricing.cost_column`, honouring the job's ``[prices]``."""
         price = self.price_of(model)
         if price is None or not self.prices:
             return cost_column(model, prompt_tokens, completion_tokens)
@@ -155,7 +155,7 @@ class Job:
         return pc.add(cost_in, cost_out)
 
     def run_options(self, model: ModelSpec) -> dict[str, Any]:
-        """Keyword arguments of ``runner.batch.RunOptions`` for one model of the matrix."""
+        """Keyword arguments of ``runner.engine.live.RunOptions`` for one model of the matrix."""
         limits = self.limits_for(model)
         return {
             "input": self.input,

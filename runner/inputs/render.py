@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runner.dataset import Chunk, place
+from runner.inputs.chunk import Chunk, place
 from runner.errors import InputError
 
 if TYPE_CHECKING:  # jinja2 loads with the first template (~12 ms a prompt-only run skips)
@@ -125,7 +125,7 @@ class Renderer:
     """Turns Arrow tables of rows into request messages JSON; built by :func:`plan`.
 
     ``at`` in :meth:`render` / :meth:`ids` says where the table starts, for error messages: the
-    :class:`~runner.dataset.Chunk` it came from (exact lines even across blank lines) or the
+    :class:`~runner.inputs.dataset.Chunk` it came from (exact lines even across blank lines) or the
     1-based line/row number of its first row.
     """
 

@@ -1,6 +1,6 @@
 """Reports of an output file: per-model stats on the terminal, Markdown, JUnit XML and JSON.
 
-Pass rates come from the ``passed`` column (see :mod:`runner.score`); the threshold is the
+Pass rates come from the ``passed`` column (see :mod:`runner.evals.score`); the threshold is the
 caller's, else the one recorded when the table was scored. The `report` command is in runner.cli.
 """
 
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     import polars as pl
     import pyarrow as pa
 
-# polars, pyarrow and runner.score are imported where used: this module stays light to import.
-META_SCORE = b"prompt_runner.score"  # == runner.score.META_SCORE
+# polars, pyarrow and runner.evals.score are imported where used: this module stays light to import.
+META_SCORE = b"prompt_runner.score"  # == runner.evals.score.META_SCORE
 
 __all__ = [
     "load_output",
@@ -269,7 +269,7 @@ def write_markdown(
     title: str = "prompt-runner report",
     min_pass_rate: float | None = None,
 ) -> None:
-    """Writes :func:`markdown` to ``path`` (``thresholds``: :func:`runner.score.check_thresholds`)."""
+    """Writes :func:`markdown` to ``path`` (``thresholds``: :func:`runner.evals.score.check_thresholds`)."""
     _write_text(path, markdown(stats, title, thresholds, min_pass_rate))
 
 
@@ -367,7 +367,7 @@ def write_reports(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Everything the run loop needs after a scored run: writes the requested reports and
     returns (stats, threshold messages). ``min_pass_rate`` defaults to the scored one."""
-    from runner.score import check_thresholds
+    from runner.evals.score import check_thresholds
 
     if min_pass_rate is None:
         min_pass_rate = score_record(table).get("min_pass_rate")

@@ -15,18 +15,19 @@ from typing import Any
 import polars as pl
 import pyarrow.compute as pc
 
-from runner import __version__, endpoint, memory, observability
-from runner.checkpoint import FLUSH_ROWS, OutputError, RunDir, digests_in_background, oserror_text
-from runner.dataset import iter_chunks, resolve_inputs, scan
+from runner import __version__, memory
+from runner.engine import endpoint, observability
+from runner.store.checkpoint import FLUSH_ROWS, OutputError, RunDir, digests_in_background, oserror_text
+from runner.inputs.dataset import iter_chunks, resolve_inputs, scan
 from runner.errors import InputError
-from runner.lane import LaneRun
-from runner.options import RunOptions
-from runner.outcome import Reporter, RunOutcome, Stop
-from runner.pricing import price_of
-from runner.progress import Progress, pace_text, summary
-from runner.render import RequestSpec, plan
+from runner.engine.lane import LaneRun
+from runner.engine.spec import RunOptions
+from runner.engine.outcome import Reporter, RunOutcome, Stop
+from runner.engine.pricing import price_of
+from runner.engine.progress import Progress, pace_text, summary
+from runner.inputs.render import RequestSpec, plan
 from runner.schema import META_CONFIG, META_SUMMARY
-from runner.shutdown import Shutdown, stop_signals
+from runner.engine.shutdown import Shutdown, stop_signals
 
 #: How long one poll of the executors waits at most; also the pace of progress.
 POLL_SECONDS = 0.2
@@ -170,7 +171,7 @@ class Batch:
     def _open_cache(self) -> Any:
         if not self.opts.cache:
             return None
-        from runner.cache import ResponseCache
+        from runner.store.cache import ResponseCache
 
         return ResponseCache.open()
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.endpoint import MOCK_MODEL
+from runner.engine.endpoint import MOCK_MODEL
 from runner.errors import InputError
 
 

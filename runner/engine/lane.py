@@ -12,12 +12,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runner.cache import ResponseCache, cache_keys, hits_chunk
-from runner.dataset import iter_chunks
-from runner.endpoint import Endpoint
-from runner.options import Lane, RunOptions
-from runner.pricing import cost_column
-from runner.render import RequestSpec, Renderer, plan
+from runner.store.cache import ResponseCache, cache_keys, hits_chunk
+from runner.inputs.dataset import iter_chunks
+from runner.engine.endpoint import Endpoint
+from runner.engine.spec import Lane, RunOptions
+from runner.engine.pricing import cost_column
+from runner.inputs.render import RequestSpec, Renderer, plan
 from runner.schema import RESULT_FIELDS, TS, input_column_name
 
 
@@ -98,7 +98,7 @@ class LaneRun:
     def native_config(self, resumed: bool = False, log: str | None = None) -> str:
         """The executor's settings. `resumed`: rows of this lane are already settled, so its model
         and key are known to work and a string of alike failures says nothing about the run.
-        `log`: where the executor writes the run's log (a segment prefix; see runner.runlog)."""
+        `log`: where the executor writes the run's log (a segment prefix; see runner.store.runlog)."""
         o, lane = self.opts, self.lane
         return json.dumps(
             {

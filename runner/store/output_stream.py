@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from runner.checkpoint import OUTPUT_OPTIONS, SUMMARY_COLUMNS, put_in_place
+from runner.store.files import OUTPUT_OPTIONS, SUMMARY_COLUMNS, put_in_place
 
 #: Rows are written once this many have arrived since the last try.
 WINDOW_ROWS = 10_000

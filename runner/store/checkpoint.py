@@ -7,18 +7,17 @@ Layout::
         lock                  held (flock) by the process that is running it
         parts/part-000001.parquet
         parts/part-000002.parquet ...
-        log/r000001-l000-000001.wal ...   every settled row, as it settles (runner.runlog)
+        log/r000001-l000-000001.wal ...   every settled row, as it settles (runner.store.runlog)
 
 Each part holds finished rows (input columns + results + `_row`), written to a temporary
 file, fsynced, then renamed into place: a crash leaves either a whole part or none, and a
 part that does not open (a torn copy, a disk error) is skipped. A later part wins over an
 earlier one for the same `_row` (a failed row retried on a rerun), and the log's record of a
-row wins over the parts' (it is never older: see runner.runlog).
+row wins over the parts' (it is never older: see runner.store.runlog).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,7 +27,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -36,10 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runner.errors import InputError, RunnerError
-from runner.runlog import RunLog, with_cost
+from runner.store.files import OUTPUT_OPTIONS, SUMMARY_COLUMNS, atomic_file, write_atomic, write_json_atomic
+from runner.store.output_stream import OutputStream
+from runner.store.runlog import RunLog, with_cost
 
-if TYPE_CHECKING:
-    from runner.output_stream import OutputStream
 
 #: Results wait at most this long in memory before they are written to a part (they are in the
 #: run's log from the moment they settle, so this bounds the log's size, not what a kill costs) ...
@@ -66,53 +65,11 @@ def run_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".run")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def put_in_place(fh: BinaryIO, tmp: Path, dest: Path) -> None:
-    """Makes the temporary file `tmp` (open as `fh`) durable, closes it and renames it to
-    `dest`, then makes the rename durable."""
-    fh.flush()
-    os.fsync(fh.fileno())
-    fh.close()
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
-
-
-@contextlib.contextmanager
-def atomic_file(dest: Path) -> Iterator[BinaryIO]:
-    """A file that appears at `dest` whole or not at all: written to a temporary file, fsynced,
-    renamed into place, and the directory fsynced."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            yield fh
-            put_in_place(fh, tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(table: pa.Table, dest: Path, **options: Any) -> None:
-    """Writes `table` to `dest` as Parquet (zstd unless `options` say otherwise), atomically."""
-    with atomic_file(dest) as fh:
-        pq.write_table(table, fh, **{"compression": "zstd", **options})
-
-
 #: Parts are short-lived and written on the run loop's thread, so they are written cheaply:
 #: snappy, plain encoding (no dictionary to build and then abandon for unique texts), and
 #: statistics only for `_row`, which compaction reads to find a part's rows. 5,000 rows of the
 #: benchmark's results: 5.5 ms instead of 7.9 ms with the defaults (same size).
 PART_OPTIONS: dict[str, Any] = {"compression": "snappy", "use_dictionary": False, "write_statistics": ["_row"]}
-
-
-def write_json_atomic(data: dict[str, Any], dest: Path) -> None:
-    with atomic_file(dest) as fh:
-        fh.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -309,11 +266,9 @@ class RunDir:
         return set(keep["_row"].to_list()), spent
 
     def stream_output(self, rows: int) -> bool:
-        """Writes the output while the run goes on (see runner.output_stream), when this run
+        """Writes the output while the run goes on (see runner.store.output_stream), when this run
         hands out every one of rows `0 .. rows-1` itself: there are no parts yet (rows read back
         from the log are handed out again). Returns whether it does."""
-        from runner.output_stream import OutputStream
-
         if self._part_files():
             return False
         self._stream = OutputStream(self.output, self.path / STREAM_TMP.format(os.getpid()), rows)
@@ -492,18 +447,8 @@ def _prefetched(items: Iterator[T]) -> Iterator[T]:
         thread.join()
 
 
-#: The output: zstd, with dictionaries only for the columns with few distinct values (10,000
-#: benchmark rows: 12.6 ms instead of 16.3 ms with a dictionary tried on every column, and smaller).
-OUTPUT_OPTIONS: dict[str, Any] = {
-    "compression": "zstd",
-    "use_dictionary": ["model", "provider", "status", "finish_reason", "error_type", "run_id"],
-}
 #: Rows per compaction window: memory is bounded by this, not by the run's size.
 COMPACT_WINDOW = 10_000
-#: What the end-of-run summary reads back from compaction.
-SUMMARY_COLUMNS = ["status", "error_type", "prompt_tokens", "completion_tokens", "latency_ms"]
-
-
 def _row_span(meta: pq.FileMetaData) -> tuple[int, int]:
     """The smallest and largest `_row` in a part, from its footer statistics."""
     index = meta.schema.to_arrow_schema().get_field_index("_row")

@@ -8,11 +8,11 @@ from typing import TextIO
 
 import pyarrow.parquet as pq
 
-from runner.checkpoint import write_atomic
+from runner.store.files import write_atomic
 from runner.errors import InputError
-from runner.jobfile import Job
-from runner.report import write_reports
-from runner.score import score_table
+from runner.evals.jobfile import Job
+from runner.evals.report import write_reports
+from runner.evals.score import score_table
 
 __all__ = ["evaluate"]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import polars as pl
 
-from runner.checkpoint import RunDir
+from runner.store.checkpoint import RunDir
 from runner.errors import InputError
-from runner.progress import format_duration
+from runner.engine.progress import format_duration
 
 
 def run_status(output: Path) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def run_status(output: Path) -> dict[str, Any]:
     return status
 
 
-#: How a run that ended early says why (run.json's `outcome`, see runner.outcome.Stop).
+#: How a run that ended early says why (run.json's `outcome`, see runner.engine.outcome.Stop).
 _STOPS = {"stopped": "a failure every row would share", "budget": "the budget", "write_error": "cannot write"}
 
 
@@ -132,7 +132,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"tokens: prompt={s['prompt_tokens']:,} completion={s['completion_tokens']:,}  cost: {cost}",
         f"latency: p50={_ms(lat['p50'])} p95={_ms(lat['p95'])} p99={_ms(lat['p99'])}  elapsed: {elapsed}",
     ]
-    from runner.observability import format_metrics
+    from runner.engine.observability import format_metrics
 
     for model, metrics in s.get("metrics", {}).items():
         lines += [f"{model}: {line}" for line in format_metrics(metrics)]

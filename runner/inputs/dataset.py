@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, cast
 
 import polars as pl
 import pyarrow as pa
@@ -20,9 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from runner.errors import InputError
-
-if TYPE_CHECKING:
-    from runner.render import RequestSpec
+from runner.inputs.chunk import Chunk, place
+from runner.inputs.render import RequestSpec, plan
 
 __all__ = [
     "SUFFIXES",
@@ -42,44 +41,6 @@ _BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
-class Chunk:
-    """A bounded slice of one input file, in file order.
-
-    ``first_line`` is the 1-based line of the first row in its file (JSONL) or the 1-based row
-    number (Parquet). ``row_lines`` is set only when the rows are not on consecutive lines
-    (blank lines inside the chunk); use :meth:`line_of` / :meth:`place` rather than either field.
-    Column types and even the set of columns may differ between chunks (JSONL types are inferred
-    per block): use :func:`unify` to concatenate tables from several chunks.
-    """
-
-    table: pa.Table
-    path: Path
-    first_line: int
-    row_lines: Sequence[int] | None = field(default=None, repr=False)
-    #: The types a JSONL block was read with (inferred from all its rows); reading the same
-    #: block again with them skips the inference, which is most of the parsing.
-    schema: pl.Schema | None = field(default=None, repr=False)
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.table.num_rows)
-
-    @property
-    def is_parquet(self) -> bool:
-        return self.path.name.endswith(".parquet")
-
-    def line_of(self, row: int) -> int:
-        """1-based line (JSONL) or row number (Parquet) of the chunk's ``row``-th row (0-based)."""
-        if self.row_lines is not None:
-            return self.row_lines[row]
-        return self.first_line + row
-
-    def place(self, row: int) -> str:
-        """Where row ``row`` of this chunk is, for error messages: ``data.jsonl:17``."""
-        return place(self.path, self.line_of(row), parquet=self.is_parquet)
-
-
-@dataclass
 class ScanSummary:
     """What the preflight pass found: total rows, all column names (first-seen order), files."""
 
@@ -88,13 +49,6 @@ class ScanSummary:
     files: list[Path]
     #: Each JSONL file's chunk types, for reading it again (`iter_chunks(..., schemas=)`).
     schemas: dict[Path, list[pl.Schema | None]] = field(default_factory=dict, compare=False, repr=False)
-
-
-def place(path: Path, line: int, *, parquet: bool | None = None) -> str:
-    """Format a location: ``data.jsonl:17`` for a JSONL line, ``data.parquet:row 17`` for Parquet."""
-    if parquet is None:
-        parquet = path.name.endswith(".parquet")
-    return f"{path}:row {line}" if parquet else f"{path}:{line}"
 
 
 def _supported(path: Path) -> bool:
@@ -364,7 +318,6 @@ def scan(paths: Sequence[Path], request: RequestSpec, chunk_rows: int = 8192) ->
     or duplicate id raises InputError naming ``file:line`` and the id. Without an id column the id
     is the row's global 0-based position, unique by construction. Holds only the ids in memory.
     """
-    from runner.render import plan  # render imports this module for Chunk
 
     files = list(paths)
     columns: dict[str, None] = {}

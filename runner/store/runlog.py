@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runner.pricing import cost_column
+from runner.engine.pricing import cost_column
 
 #: A segment's name: run, lane and segment numbers.
 PATTERN = "r*-l*-*.wal"
