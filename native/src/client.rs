@@ -4,12 +4,12 @@
 //! Base URLs and keys not given come from the environment, as in the CLI and the official SDKs.
 
 use crate::error::{Error, ErrorType, Result};
-use crate::provider::{self, Completion, Message, ProviderKind, RequestParams};
-use crate::retry::Backoff;
+use crate::provider::{self, Completion, Message, PreparedRequest, ProviderKind, RequestParams};
+use crate::retry::{self, Backoff, Verdict};
 use crate::secret::ApiKey;
-use crate::transport;
+use crate::transport::{self, AttemptError, Success};
 use serde::Deserialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::Instrument;
 
 /// The public OpenAI base (includes `/v1`; the client appends `/chat/completions`).
@@ -209,71 +209,106 @@ impl ModelClient {
                 &config.params,
                 messages,
             );
-            let mut attempt: u32 = 0;
-            loop {
-                attempt += 1;
-                let mut streamed = false;
-                let sent = Instant::now();
-                let outcome = transport::send_with(
-                    &self.http,
-                    config.provider,
-                    &request,
-                    config.params.stream,
-                    config.timeout,
-                    |piece| {
-                        streamed = true;
-                        on_delta(piece);
-                    },
-                )
-                .instrument(tracing::debug_span!("attempt", attempt))
-                .await;
-                let latency = sent.elapsed();
-                let latency_ms = latency.as_secs_f64() * 1000.0;
-                let err = match outcome {
-                    Ok(ok) => {
-                        tracing::debug!(attempt, status = ok.http_status, latency_ms, "answered");
-                        return Ok(Response {
-                            completion: ok.completion,
-                            http_status: ok.http_status,
-                            latency,
-                            ttft: ok.ttft,
-                            attempts: attempt,
-                        });
-                    }
-                    Err(err) => err,
-                };
-                let cause = err.kind.as_str();
-                if streamed || !err.kind.is_retryable() || attempt > config.max_retries {
+            let mut hooks = ClientAttempts {
+                http: &self.http,
+                config,
+                request: &request,
+                on_delta: &mut on_delta,
+                streamed: false,
+            };
+            let Some(settled) =
+                retry::until_settled(&self.backoff, config.max_retries, &mut hooks).await
+            else {
+                // Unreachable: these hooks never give a request up.
+                return Err(ClientError {
+                    kind: ErrorType::Cancelled,
+                    status: None,
+                    message: "the request was given up".into(),
+                    attempts: 0,
+                });
+            };
+            let latency_ms = settled.latency.as_secs_f64() * 1000.0;
+            match settled.result {
+                Ok(ok) => {
+                    tracing::debug!(
+                        attempt = settled.attempts,
+                        status = ok.http_status,
+                        latency_ms,
+                        "answered"
+                    );
+                    Ok(Response {
+                        completion: ok.completion,
+                        http_status: ok.http_status,
+                        latency: settled.latency,
+                        ttft: ok.ttft,
+                        attempts: settled.attempts,
+                    })
+                }
+                Err(err) => {
                     tracing::warn!(
-                        attempt,
+                        attempt = settled.attempts,
                         status = err.http_status,
-                        cause,
+                        cause = err.kind.as_str(),
                         latency_ms,
                         "failed"
                     );
-                    return Err(ClientError {
+                    Err(ClientError {
                         kind: err.kind,
                         status: err.http_status,
                         message: config.api_key.redact(&err.message),
-                        attempts: attempt,
-                    });
+                        attempts: settled.attempts,
+                    })
                 }
-                let delay = self
-                    .backoff
-                    .delay(attempt - 1, err.retry_after, &mut rand::rng());
-                tracing::info!(
-                    attempt,
-                    status = err.http_status,
-                    cause,
-                    latency_ms,
-                    delay_ms = delay.as_millis() as u64,
-                    "retrying"
-                );
-                tokio::time::sleep(delay).await;
             }
         }
         .instrument(span)
         .await
+    }
+}
+
+/// The model client's part of a request's retry loop ([`retry::until_settled`]): every failure
+/// counts against `max_retries`, and a failure after streamed text was handed out is final.
+struct ClientAttempts<'a, F> {
+    http: &'a reqwest::Client,
+    config: &'a ClientConfig,
+    request: &'a PreparedRequest,
+    on_delta: &'a mut F,
+    /// The last attempt handed text out.
+    streamed: bool,
+}
+
+impl<F: FnMut(&str)> retry::Hooks for ClientAttempts<'_, F> {
+    async fn send(&mut self, attempt: u32) -> Option<std::result::Result<Success, AttemptError>> {
+        let config = self.config;
+        let mut streamed = false;
+        let on_delta = &mut *self.on_delta;
+        let outcome = transport::send_with(
+            self.http,
+            config.provider,
+            self.request,
+            config.params.stream,
+            config.timeout,
+            |piece| {
+                streamed = true;
+                on_delta(piece);
+            },
+        )
+        .instrument(tracing::debug_span!("attempt", attempt))
+        .await;
+        self.streamed = streamed;
+        Some(outcome)
+    }
+
+    fn failed(&mut self, _err: &AttemptError) -> Verdict {
+        if self.streamed {
+            // A retry would repeat text the caller already has.
+            Verdict::Final
+        } else {
+            Verdict::Usual {
+                counts: true,
+                step: None,
+            }
+        }
     }
 }
 

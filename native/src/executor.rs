@@ -6,9 +6,9 @@ use crate::error::{Error, ErrorType, Result};
 use crate::failfast::FailFast;
 use crate::limiter::{Answer, Limiter, Pacing, Response};
 use crate::provider::{self, Messages, PreparedRequest};
-use crate::retry::Backoff;
+use crate::retry::{self, Backoff, Verdict};
 use crate::row::RowResult;
-use crate::transport::{self, AttemptError};
+use crate::transport::{self, AttemptError, Success};
 use crate::wal::{self, Log};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -431,7 +431,14 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
         provider = config.provider.as_str(),
         model = %config.params.model,
     );
-    let outcome = attempt_until_settled(shared, &request, estimate)
+    let mut hooks = RowAttempts {
+        shared,
+        request: &request,
+        estimate,
+        limited_streak: 0,
+        first_sent_us: None,
+    };
+    let outcome = retry::until_settled(&shared.backoff, config.max_retries, &mut hooks)
         .instrument(span)
         .await;
     stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -450,7 +457,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
         http_status: None,
         error_type: None,
         error: None,
-        started_at_us: settled.first_sent_us,
+        started_at_us: hooks.first_sent_us.unwrap_or_else(now_us),
         finished_at_us: now_us(),
         request_hash,
     };
@@ -489,56 +496,57 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     Some(row)
 }
 
-/// A row's last answer, after all its attempts.
-struct Settled {
-    attempts: u32,
-    /// The last attempt's duration.
-    latency: Duration,
-    /// When the first attempt left (after waiting for its turn), microseconds since the epoch.
-    first_sent_us: i64,
-    result: std::result::Result<transport::Success, AttemptError>,
-}
-
-/// Sends until success, a permanent error, or retries run out. `None` if cancelled or fatal.
+/// The executor's part of a row's retry loop ([`retry::until_settled`]).
 ///
 /// A 429 or 529 does not use up the row's `max_retries` while the run is being served (some
 /// request succeeded within [`RATE_LIMIT_PATIENCE`]): pacing, not the row, deals with limits.
-async fn attempt_until_settled(
-    shared: &Shared,
-    request: &PreparedRequest,
+struct RowAttempts<'a> {
+    shared: &'a Shared,
+    request: &'a PreparedRequest,
+    /// Tokens the request is charged for its turn.
     estimate: u32,
-) -> Option<Settled> {
-    let config = &shared.config;
-    let stats = &shared.stats;
-    let mut attempt: u32 = 0;
-    // Attempts that count against `max_retries`, and the current streak of 429/529s.
-    let mut counted: u32 = 0;
-    let mut limited_streak: u32 = 0;
-    let mut first_sent_us = None;
-    loop {
+    /// The current streak of 429/529s.
+    limited_streak: u32,
+    /// When the first attempt left (after waiting for its turn), microseconds since the epoch.
+    first_sent_us: Option<i64>,
+}
+
+impl retry::Hooks for RowAttempts<'_> {
+    async fn turn(&mut self) -> bool {
         tokio::select! {
-            _ = shared.draining.cancelled() => return None,
-            _ = shared.limiter.wait_turn(estimate) => {},
+            _ = self.shared.draining.cancelled() => false,
+            _ = self.shared.limiter.wait_turn(self.estimate) => true,
         }
-        attempt += 1;
-        first_sent_us.get_or_insert_with(now_us);
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-        let sent = Instant::now();
-        let outcome = tokio::select! {
-            _ = shared.cancel.cancelled() => return None,
+    }
+
+    async fn send(&mut self, attempt: u32) -> Option<std::result::Result<Success, AttemptError>> {
+        let (shared, config) = (self.shared, &self.shared.config);
+        self.first_sent_us.get_or_insert_with(now_us);
+        shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = shared.cancel.cancelled() => None,
             outcome = transport::send(
                 &shared.client,
                 config.provider,
-                request,
+                self.request,
                 config.params.stream,
                 config.timeout,
-            ).instrument(tracing::debug_span!("attempt", attempt)) => outcome,
-        };
-        let latency = sent.elapsed();
+            ).instrument(tracing::debug_span!("attempt", attempt)) => Some(outcome),
+        }
+    }
+
+    fn answered(
+        &mut self,
+        attempt: u32,
+        sent: Instant,
+        latency: Duration,
+        outcome: &std::result::Result<Success, AttemptError>,
+    ) {
+        let shared = self.shared;
         // observability
-        stats.latency.observe(latency);
+        shared.stats.latency.observe(latency);
         let latency_ms = latency.as_secs_f64() * 1000.0;
-        match &outcome {
+        match outcome {
             Ok(ok) => tracing::debug!(attempt, status = ok.http_status, latency_ms, "answered"),
             Err(e) => tracing::debug!(
                 attempt,
@@ -548,27 +556,21 @@ async fn attempt_until_settled(
                 "failed"
             ),
         }
-        shared.limiter.on_response(&pacing_signal(sent, &outcome));
-        let settled = |result| Settled {
-            attempts: attempt,
-            latency,
-            first_sent_us: first_sent_us.unwrap_or_else(now_us),
-            result,
-        };
-        let err = match outcome {
-            Ok(success) => {
-                let ms = shared.born.elapsed().as_millis() as u64;
-                shared.last_success_ms.fetch_max(ms, Ordering::Relaxed);
-                return Some(settled(Ok(success)));
-            }
-            Err(err) => err,
-        };
+        shared.limiter.on_response(&pacing_signal(sent, outcome));
+        if outcome.is_ok() {
+            let ms = shared.born.elapsed().as_millis() as u64;
+            shared.last_success_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&mut self, err: &AttemptError) -> Verdict {
+        let shared = self.shared;
         let limited = matches!(err.kind, ErrorType::RateLimited | ErrorType::Overloaded);
         if limited {
-            stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            limited_streak += 1;
+            shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.limited_streak += 1;
         } else {
-            limited_streak = 0;
+            self.limited_streak = 0;
         }
         if err.kind.is_fatal() {
             let status = err
@@ -583,49 +585,32 @@ async fn attempt_until_settled(
             shared.stop_fatal(format!(
                 "{}{status}: {}",
                 err.kind.as_str(),
-                config.api_key.redact(&err.message)
+                shared.config.api_key.redact(&err.message)
             ));
-            return None;
+            return Verdict::Abandon;
         }
-        if !(limited && shared.being_served()) {
-            counted += 1;
+        Verdict::Usual {
+            counts: !(limited && shared.being_served()),
+            step: limited.then(|| (self.limited_streak - 1).min(RATE_LIMIT_BACKOFF_STEPS)),
         }
-        if !err.kind.is_retryable() || counted > config.max_retries {
-            return Some(settled(Err(err)));
-        }
-        tracing::info!(
-            attempt,
-            status = err.http_status,
-            cause = err.kind.as_str(),
-            "retrying"
-        );
+    }
+
+    async fn pause(&mut self, err: &AttemptError, delay: Duration) -> bool {
+        let stats = &self.shared.stats;
         stats.retries.fetch_add(1, Ordering::Relaxed);
         stats.retries_by_cause.add(err.kind); // observability
         stats.retrying.fetch_add(1, Ordering::Relaxed);
-        let step = if limited {
-            (limited_streak - 1).min(RATE_LIMIT_BACKOFF_STEPS)
-        } else {
-            counted.saturating_sub(1)
-        };
-        let delay = shared
-            .backoff
-            .delay(step, err.retry_after, &mut rand::rng());
         let cancelled = tokio::select! {
-            _ = shared.draining.cancelled() => true,
+            _ = self.shared.draining.cancelled() => true,
             _ = tokio::time::sleep(delay) => false,
         };
         stats.retrying.fetch_sub(1, Ordering::Relaxed);
-        if cancelled {
-            return None;
-        }
+        !cancelled
     }
 }
 
 /// What an attempt's outcome tells the limiter.
-fn pacing_signal(
-    sent: Instant,
-    outcome: &std::result::Result<transport::Success, AttemptError>,
-) -> Response {
+fn pacing_signal(sent: Instant, outcome: &std::result::Result<Success, AttemptError>) -> Response {
     match outcome {
         Ok(success) => Response {
             sent,
