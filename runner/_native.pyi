@@ -19,6 +19,7 @@ __all__ = [
     "__version__",
     "init_logging",
     "read_log",
+    "result_schema",
 ]
 
 __version__: str
@@ -39,6 +40,12 @@ class ClientError(NativeError):
 class ResultBatch:
     def __len__(self) -> int: ...
     def __arrow_c_array__(self, requested_schema: object | None = None) -> tuple[object, object]: ...
+
+@final
+class ResultSchema:
+    """The Arrow schema of every poll's ResultBatch: ``pyarrow.schema(result_schema())``."""
+
+    def __arrow_c_schema__(self) -> object: ...
 
 @final
 class Executor:
@@ -100,3 +107,4 @@ class MetricsServer:
 
 def init_logging(level: str = "info", json: bool = False) -> bool: ...
 def read_log(segments: list[str]) -> tuple[ResultBatch, int]: ...
+def result_schema() -> ResultSchema: ...

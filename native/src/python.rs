@@ -291,6 +291,27 @@ impl ResultBatch {
     }
 }
 
+/// The Arrow schema of every poll's [`ResultBatch`] (`batch.rs`), exported through the Arrow
+/// PyCapsule interface: `pyarrow.schema(result_schema())`.
+#[pyclass(module = "runner._native", frozen)]
+struct ResultSchema;
+
+#[pymethods]
+impl ResultSchema {
+    /// The Arrow C data interface: a schema capsule.
+    fn __arrow_c_schema__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
+        let schema = FFI_ArrowSchema::try_from(batch::schema().as_ref())
+            .map_err(|e| NativeError::new_err(e.to_string()))?;
+        PyCapsule::new_with_value(py, schema, c"arrow_schema")
+    }
+}
+
+/// The schema of the result batches, defined once in `batch.rs`.
+#[pyfunction]
+fn result_schema() -> ResultSchema {
+    ResultSchema
+}
+
 /// The project's mock OpenAI/Anthropic server, serving on the shared runtime until stopped.
 #[pyclass(module = "runner._native", frozen)]
 struct MockServer {
@@ -665,12 +686,14 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Executor>()?;
     m.add_class::<ResultBatch>()?;
+    m.add_class::<ResultSchema>()?;
     m.add_class::<MockServer>()?;
     m.add_class::<ModelClient>()?;
     m.add_class::<ChunkStream>()?;
     m.add_class::<MetricsServer>()?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     m.add_function(wrap_pyfunction!(read_log, m)?)?;
+    m.add_function(wrap_pyfunction!(result_schema, m)?)?;
     m.add("ClientError", py.get_type::<ClientError>())?;
     let wait = wrap_pyfunction!(wait_for_deliveries, m)?;
     py.import("atexit")?.call_method1("register", (wait,))?;
