@@ -57,7 +57,7 @@ def run(
     """
     import polars as pl
 
-    from runner.engine.live import Batch
+    from runner.engine.pipeline import run_spec
     from runner.engine.spec import RunOptions
     from runner.engine.outcome import Reporter, Stop
 
@@ -70,7 +70,7 @@ def run(
         source = _input_path(data, scratch)
         target = Path(output) if output is not None else scratch / "output.parquet"
         opts = RunOptions(input=source, output=target, provider=provider, model=model, **options)
-        outcome = Batch(opts, Reporter(sys.stderr if progress else _Silent())).run()
+        outcome = run_spec(opts, Reporter(sys.stderr if progress else _Silent()))
         if outcome.stop is Stop.INTERRUPTED:
             raise KeyboardInterrupt(f"run interrupted; finished rows are saved in {target}")
         if outcome.stop is Stop.WRITE_ERROR:

@@ -129,10 +129,10 @@ def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunOptio
 
 def execute(opts: RunOptions, job: object = None) -> int:
     """Runs a batch, then scores and reports it for a job; user mistakes become one line and exit 2."""
-    from runner.engine.live import Batch
+    from runner.engine.pipeline import run_spec
 
     try:
-        outcome = Batch(opts).run()
+        outcome = run_spec(opts)
         tell(outcome)
         if job is None and opts.job and outcome.stop is not Stop.DRY_RUN:
             from runner.evals.jobfile import load_job
@@ -155,7 +155,7 @@ def execute(opts: RunOptions, job: object = None) -> int:
 
 def tell(outcome: RunOutcome) -> None:
     """The run's last lines: what was written, or why it stopped and how to go on."""
-    from runner.engine.live import resume_command
+    from runner.engine.pipeline import resume_command
 
     resume = resume_command(outcome.output)
     stop, message = outcome.stop, outcome.message

@@ -1,0 +1,208 @@
+"""One spec in, one outcome out: what every engine shares, and the seam an engine plugs into.
+
+`run_spec` checks the spec, scans the input, opens (or resumes) the run directory under its
+lock, records the run, works out what is already settled and what was spent, refuses a spent
+budget, then hands a `Prepared` run to an `Engine` and keeps its `RunOutcome` in the run state.
+The live engine (`live.LiveEngine`) sends requests as they go; other engines (the providers'
+Batch APIs, shards) implement the same `execute`. See ARCHITECTURE.md, "Engines".
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from runner import __version__
+from runner.engine import endpoint
+from runner.engine.base import Engine, Prepared
+from runner.engine.outcome import Reporter, RunOutcome, Stop
+from runner.engine.pricing import price_of
+from runner.engine.spec import Lane, RunOptions
+from runner.errors import InputError
+from runner.inputs.dataset import iter_chunks, resolve_inputs, scan
+from runner.inputs.render import RequestSpec, plan
+from runner.store.checkpoint import FLUSH_ROWS, OutputError, RunDir, digests_in_background, oserror_text
+
+__all__ = ["resume_command", "run_spec"]
+
+
+def run_spec(spec: RunOptions, reporter: Reporter | None = None, engine: Engine | None = None) -> RunOutcome:
+    """Runs `spec` with `engine` (the live one by default); user mistakes raise `RunnerError`
+    before anything is sent."""
+    from runner.engine.live import LiveEngine
+
+    spec.check()
+    reporter = reporter or Reporter()
+    paths = resolve_inputs(spec.input)
+    request = RequestSpec(template=spec.template, system=spec.system, id_column=spec.id_column)
+    lanes = spec.lanes()
+    digests = None if spec.dry_run else digests_in_background(paths)
+    found = scan(paths, request)
+    total = found.rows if spec.limit is None else min(found.rows, spec.limit)
+    if digests is None:
+        return dry_run(spec, paths, request, lanes, total, reporter)
+    run_dir = RunDir(spec.output)
+    try:
+        spec.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{spec.output}: cannot create its directory: {oserror_text(err)}") from None
+    inputs = digests()
+    saved = run_dir.record()
+    run_id = uuid.uuid4().hex[:12]
+    if spec.restart:
+        if (pid := run_dir.holder()) is not None:
+            raise InputError(f"{spec.output}: another prompt-runner (pid {pid}) is running on it")
+        run_dir.remove()
+        saved = None
+    elif saved is not None:
+        _check_same_run(spec, request, lanes, saved, inputs)
+        run_id = saved.get("run_id", run_id)
+    endpoints: list[endpoint.Endpoint] = []
+    try:
+        for lane in lanes:
+            endpoints.append(endpoint.resolve(lane.provider, lane.api_base, lane.api_key_env, spec.mock_config))
+        run_dir.prepare()
+        try:
+            run_dir.write_record(_record(spec, request, lanes, run_id, total, inputs, saved))
+            run = Prepared(spec, paths, request, lanes, endpoints, run_dir, run_id, total, found.schemas)
+            outcome = _settle(run, reporter) or (engine or LiveEngine()).execute(run, reporter)
+            return _kept(run_dir, outcome)
+        finally:
+            run_dir.release()
+    finally:
+        for ep in endpoints:
+            ep.close()
+
+
+def _settle(run: Prepared, reporter: Reporter) -> RunOutcome | None:
+    """Reads what earlier runs settled (parts and log) into `run`; an outcome when the budget
+    is already spent."""
+    spec, run_dir = run.spec, run.run_dir
+    # Never hold back more than 0.5 % of the rows (nor a second's worth) out of a part.
+    run_dir.flush_rows = min(FLUSH_ROWS, max(1, run.rows // 200))
+    logged = run_dir.logged([lane.model for lane in run.lanes], run.total, spec.prices)
+    run.settled, run.spent = run_dir.saved(spec.retry_failed, logged)
+    run.recovered = logged.filter(pc.equal(logged.column("status"), "ok")) if spec.retry_failed else logged
+    settled = sum(1 for r in run.settled if r < run.rows)
+    if settled:
+        reporter.say(f"resuming: {settled} of {run.rows} rows are settled and will not be sent again")
+    if spec.max_cost is not None and run.spent >= spec.max_cost:
+        message = f"the budget of ${spec.max_cost:g} is already spent (${run.spent:.4f})"
+        return run.outcome(Stop.BUDGET, message=message)
+    return None
+
+
+def _kept(run_dir: RunDir, outcome: RunOutcome) -> RunOutcome:
+    """Keeps how the run ended in its run state, for `status` (best effort: a full disk may
+    refuse it, and the state stays as it was)."""
+    record = run_dir.record()
+    if record is not None:
+        try:
+            run_dir.write_record({**record, "outcome": outcome.record()})
+        except OutputError:
+            pass
+    return outcome
+
+
+def request_fingerprint(spec: RunOptions, request: RequestSpec, lanes: list[Lane]) -> dict[str, Any]:
+    """Everything that changes what is sent for a row; a saved run must match it."""
+    return {
+        "models": [[lane.provider, lane.model, None if lane.provider == "mock" else lane.api_base] for lane in lanes],
+        "template": spec.template,
+        "system": spec.system,
+        "id_column": request.id_column,
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+    }
+
+
+def _record(
+    spec: RunOptions,
+    request: RequestSpec,
+    lanes: list[Lane],
+    run_id: str,
+    total: int,
+    inputs: list[dict[str, Any]],
+    saved: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """run.json: the options, the fingerprints and the row count (never a key)."""
+    return {
+        "run_id": run_id,
+        "version": __version__,
+        "created_at": (saved or {}).get("created_at") or datetime.now(timezone.utc).isoformat(),
+        "updated_at": datetime.now(timezone.utc).isoformat(),
+        "rows": total * len(lanes),
+        "input_rows": total,
+        "options": spec.saved(),
+        "fingerprint": {"input": inputs, "request": request_fingerprint(spec, request, lanes)},
+    }
+
+
+def _check_same_run(
+    spec: RunOptions, request: RequestSpec, lanes: list[Lane], saved: dict[str, Any], inputs: list[dict[str, Any]]
+) -> None:
+    """Refuses to mix two different runs in one output."""
+    old = saved.get("fingerprint", {})
+    now = request_fingerprint(spec, request, lanes)
+    changed = [k for k, v in now.items() if old.get("request", {}).get(k) != v]
+    same_input = [(f["size"], f["sha256"]) for f in old.get("input", [])] == [(f["size"], f["sha256"]) for f in inputs]
+    if not same_input:
+        changed.insert(0, "input")
+    if changed:
+        raise InputError(
+            f"{spec.output}: the saved run differs in {', '.join(changed)}; "
+            "pass --restart to start over, or write to another output"
+        )
+
+
+def dry_run(
+    spec: RunOptions, paths: list[Path], request: RequestSpec, lanes: list[Lane], rows: int, reporter: Reporter
+) -> RunOutcome:
+    """Counts, shows the first request, and estimates tokens and cost; sends nothing."""
+    chars, first = 0, None
+    renderers: dict[Path, Any] = {}
+    seen = 0
+    for chunk in iter_chunks(paths):
+        if seen >= rows:
+            break
+        table = chunk.table.slice(0, rows - seen)
+        if chunk.path not in renderers:
+            renderers[chunk.path] = plan(table.column_names, request, str(chunk.path))
+        payloads = renderers[chunk.path].render(table, chunk)
+        if first is None and payloads:
+            first = payloads[0]
+        chars += sum(len(p) for p in payloads)
+        seen += table.num_rows
+    system_chars = len(spec.system or "") * rows
+    prompt_tokens = (chars + system_chars) // 4
+    completion_tokens = (spec.max_tokens or 0) * rows
+    reporter.say(f"{rows} rows × {len(lanes)} model(s); nothing was sent.")
+    for lane in lanes:
+        price = price_of(lane.model, spec.prices)
+        cost = (
+            "unknown (no price for this model)"
+            if price is None
+            else f"${(prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6:.4f}"
+            + ("" if spec.max_tokens else " + output (no --max-tokens to bound it)")
+        )
+        reporter.say(
+            f"{lane.provider}/{lane.model}: ~{prompt_tokens:,} prompt tokens, "
+            f"≤{completion_tokens:,} completion tokens, estimated cost {cost}"
+        )
+    if first is not None:
+        message: dict[str, Any] = {"model": lanes[0].model, "messages": json.loads(first)}
+        if spec.system:
+            message["system"] = spec.system
+        reporter.say("first request: " + json.dumps(message, ensure_ascii=False, indent=2))
+    return RunOutcome(spec.output, Stop.DRY_RUN, rows=rows * len(lanes))
+
+
+def resume_command(output: Path) -> str:
+    """The command that continues this run from its saved state."""
+    return shlex.join(["prompt-runner", "resume", str(output)])
