@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.engine.lane import result_table
-from runner.store.cache import LOOKUP_CHUNK, CacheError, ResponseCache, cache_key, cache_keys, default_cache_path, hits_chunk
+import pyarrow as pa
+from runner.store.cache import LOOKUP_CHUNK, CacheError, ResponseCache, cache_key, cache_keys, default_cache_path, hits_table
 
 BASE = dict(
     provider="openai",
@@ -115,9 +115,8 @@ def test_lookup_is_one_query_per_chunk(tmp_path: Path) -> None:
 def test_hits_become_executor_shaped_results(tmp_path: Path) -> None:
     keys = [cache_key(**{**BASE, "messages_json": str(i)}) for i in range(4)]  # type: ignore[arg-type]
     hits = {keys[1]: result(1), keys[3]: result(3)}
-    chunk = hits_chunk([10, 11, 12, 13], keys, hits)
-    assert chunk["row"] == [11, 13] and chunk["cache_hit"] == [True, True]
-    table = result_table(chunk)
+    table = hits_table([10, 11, 12, 13], keys, hits)
+    assert table.column("_row").to_pylist() == [11, 13]
     assert table.column("status").to_pylist() == ["ok", "ok"]
     assert table.column("output").to_pylist() == ["answer 1", "answer 3"]
     assert table.column("attempts").to_pylist() == [0, 0]
@@ -182,10 +181,9 @@ def test_unusable_location_is_one_line(tmp_path: Path) -> None:
 
 
 def test_store_results_keeps_only_ok_rows(tmp_path: Path) -> None:
-    chunk = hits_chunk([0, 1, 2], ["k0", "k1", "k2"], {"k0": result(0), "k1": result(1), "k2": result(2)})
-    chunk["status"][1] = "error"
-    chunk["output"][1] = None
-    table = result_table(chunk)
+    table = hits_table([0, 1, 2], ["k0", "k1", "k2"], {"k0": result(0), "k1": result(1), "k2": result(2)})
+    table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(["ok", "error", "ok"]))
+    table = table.set_column(table.schema.get_field_index("output"), "output", pa.array(["answer 0", None, "answer 2"]))
     with ResponseCache.open(tmp_path / "c.sqlite") as cache:
         assert cache.store_results(["a", "b", "c"], table) == 2
         assert set(cache.lookup(["a", "b", "c"])) == {"a", "c"}

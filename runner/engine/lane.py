@@ -12,13 +12,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runner.store.cache import ResponseCache, cache_keys, hits_chunk
+from runner.store.cache import ResponseCache, cache_keys, hits_table
 from runner.inputs.dataset import iter_chunks
 from runner.engine.endpoint import Endpoint
 from runner.engine.spec import Lane, RunOptions
 from runner.engine.pricing import cost_column
 from runner.inputs.render import RequestSpec, Renderer, plan
-from runner.schema import RESULT_FIELDS, TS, input_column_name
+from runner.schema import RESULT_FIELDS, input_column_name, result_table
 
 
 class InFlight:
@@ -204,7 +204,7 @@ class LaneRun:
                           self.lane.model, payloads, o.system, o.temperature, o.max_tokens)
         found = self.cache.lookup(keys)
         if found:
-            self.hits.put((result_table(hits_chunk(rows, keys, found)), True))
+            self.hits.put((hits_table(rows, keys, found), True))
             self.cache_hits += sum(1 for k in keys if k in found)
         misses = [i for i, k in enumerate(keys) if k not in found]
         with self._keys_lock:
@@ -244,7 +244,7 @@ class LaneRun:
         columns, then the result columns."""
         chunk = next(iter(iter_chunks(self.paths, schemas=self.schemas)), None)
         inputs = chunk.table.slice(0, 0) if chunk is not None else pa.table({})
-        results = result_table({"row": [], "request_hash": [], **{f.name: [] for f in RESULT_FIELDS}})
+        results = result_table({}, rows=0)
         return self._output_rows(inputs, pa.array([], pa.string()), results, cached=False)
 
     def _output_rows(self, inputs: pa.Table, ids: pa.Array, res: pa.Table, cached: bool) -> pa.Table:
@@ -263,17 +263,3 @@ class LaneRun:
         columns["run_id"] = pa.array([self.run_id] * n, pa.string())
         columns["cache_hit"] = pa.array([cached] * n, pa.bool_())
         return pa.table(columns)
-
-
-def result_table(chunk: dict[str, list[Any]]) -> pa.Table:
-    """Column lists (cache hits) as the table the executor's polls give: `_row`, the result
-    fields, `request_hash`."""
-    arrays = {"_row": pa.array(chunk["row"], pa.int64())}
-    for f in RESULT_FIELDS:
-        values = chunk[f.name]
-        if f.type == TS:
-            arrays[f.name] = pa.array(values, pa.int64()).cast(TS)
-        else:
-            arrays[f.name] = pa.array(values, f.type)
-    arrays["request_hash"] = pa.array(chunk["request_hash"], pa.string())
-    return pa.table(arrays)

@@ -1,6 +1,6 @@
 """Job files (TOML): load and validate a whole job at once, and merge command-line overrides.
 
-A job file holds what a ``run`` command line would (see DESIGN.md "Job files"). The whole file
+A job file holds what a ``run`` command line would (see the README, "Job files, evals and reports"). The whole file
 is checked before anything runs; every mistake is reported with its key path, one per line::
 
     jobs/x.toml: 3 mistakes:

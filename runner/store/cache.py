@@ -9,7 +9,7 @@ stored. Several runs may share the cache at once: WAL mode, a busy timeout, shor
 and ``INSERT OR IGNORE`` (the first answer stored for a key is kept).
 
 The run loop uses it per input chunk: :meth:`ResponseCache.lookup` the chunk's keys (one query
-per 500 keys), turn the hits into executor-shaped results with :func:`hits_chunk` (``cache_hit``
+per 500 keys), turn the hits into executor-shaped results with :func:`hits_table` (``cache_hit``
 true, latency 0, attempts 0), submit only the misses, and :meth:`ResponseCache.store_results` new ok
 results as they arrive (keys kept per row in flight).
 """
@@ -37,7 +37,7 @@ __all__ = [
     "cache_key",
     "cache_keys",
     "default_cache_path",
-    "hits_chunk",
+    "hits_table",
 ]
 
 #: Fields of a cached result (besides the key).
@@ -206,7 +206,7 @@ class ResponseCache:
         return len(values)
 
     def store_results(self, keys: Sequence[str], results: pa.Table) -> int:
-        """Stores the ok rows of a result table (an executor poll's, or ``lane.result_table``'s);
+        """Stores the ok rows of a result table (an executor poll's, or ``hits_table``'s);
         ``keys[i]`` is the cache key of ``results`` row ``i``. Returns rows stored."""
         import pyarrow.compute as pc
 
@@ -226,46 +226,17 @@ class ResponseCache:
             self._conn.close()
 
 
-def hits_chunk(rows: Sequence[int], keys: Sequence[str], hits: dict[str, dict[str, Any]]) -> dict[str, list[Any]]:
-    """Cache hits as result column lists (feed them to ``lane.result_table``),
-    plus a ``cache_hit`` list (all true). ``rows`` are the row positions of ``keys``; only keys
-    found in ``hits`` become rows. Timestamps are now (µs since the epoch), latency 0, attempts 0."""
+def hits_table(rows: Sequence[int], keys: Sequence[str], hits: dict[str, dict[str, Any]]) -> pa.Table:
+    """Cache hits as result rows (`runner.schema.RESULT_SCHEMA`). ``rows`` are the row positions
+    of ``keys``; only keys found in ``hits`` become rows. Timestamps are now, latency 0,
+    attempts 0."""
+    from runner.schema import result_table
+
+    found = [(row, hits[key]) for row, key in zip(rows, keys) if key in hits]
     now_us = time.time_ns() // 1000
-    chunk: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "row",
-            "status",
-            "output",
-            "finish_reason",
-            "prompt_tokens",
-            "completion_tokens",
-            "latency_ms",
-            "ttft_ms",
-            "attempts",
-            "http_status",
-            "error_type",
-            "error",
-            "started_at",
-            "finished_at",
-            "request_hash",
-            "cache_hit",
-        )
-    }
-    for row, key in zip(rows, keys):
-        hit = hits.get(key)
-        if hit is None:
-            continue
-        chunk["row"].append(row)
-        chunk["status"].append("ok")
-        for name in ("output", "finish_reason", "prompt_tokens", "completion_tokens", "http_status", "request_hash"):
-            chunk[name].append(hit.get(name))
-        chunk["latency_ms"].append(0.0)
-        chunk["ttft_ms"].append(None)
-        chunk["attempts"].append(0)
-        chunk["error_type"].append(None)
-        chunk["error"].append(None)
-        chunk["started_at"].append(now_us)
-        chunk["finished_at"].append(now_us)
-        chunk["cache_hit"].append(True)
-    return chunk
+    columns: dict[str, list[Any]] = {"row": [row for row, _ in found]}
+    for name in ("output", "finish_reason", "prompt_tokens", "completion_tokens", "http_status", "request_hash"):
+        columns[name] = [hit.get(name) for _, hit in found]
+    n = len(found)
+    columns.update(status=["ok"] * n, latency_ms=[0.0] * n, attempts=[0] * n, started_at=[now_us] * n, finished_at=[now_us] * n)
+    return result_table(columns, rows=n)
