@@ -6,6 +6,12 @@ Checked against the compiled module by `tests/test_stubs.py` (mypy.stubtest).
 from collections.abc import Awaitable
 from typing import Any, Self, final
 
+# The native errors are runner.errors' RunnerError subclasses, re-exported here.
+from runner.errors import ClientError as ClientError
+from runner.errors import ConfigError as ConfigError
+from runner.errors import NativeError as NativeError
+from runner.errors import RunStopped as RunStopped
+
 __all__ = [
     "ChunkStream",
     "ClientError",
@@ -23,18 +29,6 @@ __all__ = [
 ]
 
 __version__: str
-
-class NativeError(Exception): ...
-class ConfigError(NativeError): ...
-class RunStopped(NativeError): ...
-
-class ClientError(NativeError):
-    """A model client request failed; set by the native side before raising."""
-
-    error_type: str
-    status: int | None
-    message: str
-    attempts: int
 
 @final
 class ResultBatch:

@@ -1,8 +1,9 @@
-"""Exception types shared by the runner: the base RunnerError and InputError for user mistakes."""
+"""Exception types shared by the runner: the base RunnerError, InputError for user mistakes, and
+the native core's errors (raised by `runner._native`, which re-exports them under the same names)."""
 
 from __future__ import annotations
 
-__all__ = ["InputError", "RunnerError"]
+__all__ = ["ClientError", "ConfigError", "InputError", "NativeError", "RunStopped", "RunnerError"]
 
 
 class RunnerError(Exception):
@@ -19,3 +20,31 @@ class InputError(RunnerError):
     def __init__(self, message: str) -> None:
         # Keep the promise of one line even when a parser's message spans several.
         super().__init__(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))
+
+
+class NativeError(RunnerError):
+    """A failure reported by the native core (`runner._native`); base of its errors."""
+
+
+class ConfigError(NativeError):
+    """A run, mock server or metrics configuration was refused by the native core."""
+
+
+class RunStopped(NativeError):
+    """The run was stopped (auth/quota failure or cancel)."""
+
+
+class ClientError(NativeError):
+    """A model client request failed; `error_type`, `status`, `message` and `attempts` say how.
+
+    ``str(err)`` is ``"<error_type>: <message>"``; `message` is the provider's (key redacted).
+    """
+
+    def __init__(
+        self, text: str, error_type: str = "", status: int | None = None, message: str = "", attempts: int = 0
+    ) -> None:
+        super().__init__(text)
+        self.error_type = error_type
+        self.status = status
+        self.message = message
+        self.attempts = attempts

@@ -18,8 +18,8 @@ use arrow_array::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{
     make_array, Array, ArrayRef, Int64Array, LargeStringArray, RecordBatch, StructArray,
 };
-use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::PyValueError;
+use pyo3::import_exception;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyCapsule, PyDict};
@@ -28,38 +28,45 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
-create_exception!(
-    _native,
-    NativeError,
-    PyException,
-    "Base class of the native module's errors."
-);
-create_exception!(
-    _native,
-    ConfigError,
-    NativeError,
-    "A run or mock configuration was refused."
-);
-create_exception!(
-    _native,
-    RunStopped,
-    NativeError,
-    "The run was stopped (auth/quota failure or cancel)."
-);
+// Errors: the one place native failures become Python exceptions. The classes are
+// `runner.errors`' (subclasses of `RunnerError`), re-exported by this module under the same
+// names (`runner._native.NativeError`, ...).
+import_exception!(runner.errors, NativeError);
+import_exception!(runner.errors, ConfigError);
+import_exception!(runner.errors, RunStopped);
+import_exception!(runner.errors, ClientError);
 
-create_exception!(
-    _native,
-    ClientError,
-    NativeError,
-    "A model client request failed; `error_type`, `status`, `message` and `attempts` say how."
-);
-
-fn to_py(err: Error) -> PyErr {
-    match err {
-        Error::Config(msg) => ConfigError::new_err(msg),
-        Error::Io(err) => NativeError::new_err(err.to_string()),
-        Error::Stopped(msg) => RunStopped::new_err(msg),
+/// The crate's errors: a refused configuration, a stopped run, a failed I/O operation.
+impl From<Error> for PyErr {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Config(msg) => ConfigError::new_err(msg),
+            Error::Io(err) => NativeError::new_err(err.to_string()),
+            Error::Stopped(msg) => RunStopped::new_err(msg),
+        }
     }
+}
+
+/// A configuration refused here, before it reached the crate (a mock config, an address).
+fn config_error(message: String) -> PyErr {
+    ConfigError::new_err(message)
+}
+
+/// Any other native failure (a server that cannot bind, an Arrow export, a log that cannot be
+/// read).
+fn native_error(message: impl std::fmt::Display) -> PyErr {
+    NativeError::new_err(message.to_string())
+}
+
+/// A `ClientError` carrying the failure's `error_type`, `status`, `message` and `attempts`.
+fn client_error(err: NativeClientError) -> PyErr {
+    ClientError::new_err((
+        err.to_string(),
+        err.kind.as_str(),
+        err.status,
+        err.message,
+        err.attempts,
+    ))
 }
 
 /// A running batch on the shared tokio runtime; every blocking call releases the GIL.
@@ -72,8 +79,8 @@ struct Executor {
 impl Executor {
     #[new]
     fn new(config_json: &str) -> PyResult<Self> {
-        let config = RunConfig::from_json(config_json).map_err(to_py)?;
-        let inner = NativeExecutor::start(config, runtime().handle()).map_err(to_py)?;
+        let config = RunConfig::from_json(config_json)?;
+        let inner = NativeExecutor::start(config, runtime().handle())?;
         Ok(Self { inner })
     }
 
@@ -131,7 +138,7 @@ impl Executor {
             Poll::Idle => batch::to_batch(&[]).map(Some),
             Poll::Rows(rows) => batch::to_batch(&rows).map(Some),
         });
-        let batch = polled.map_err(|e| NativeError::new_err(e.to_string()))?;
+        let batch = polled.map_err(native_error)?;
         Ok(batch.map(|batch| ResultBatch { batch }))
     }
 
@@ -237,7 +244,7 @@ impl Executor {
                     })
             })
             .collect::<PyResult<Vec<Job>>>()?;
-        self.inner.submit_blocking(jobs).map_err(to_py)
+        Ok(self.inner.submit_blocking(jobs)?)
     }
 }
 
@@ -283,7 +290,7 @@ impl ResultBatch {
     ) -> PyResult<(Bound<'py, PyCapsule>, Bound<'py, PyCapsule>)> {
         let _ = requested_schema; // the batch has one schema; the caller casts if it must
         let data = StructArray::from(self.batch.clone()).into_data();
-        let (array, schema) = to_ffi(&data).map_err(|e| NativeError::new_err(e.to_string()))?;
+        let (array, schema) = to_ffi(&data).map_err(native_error)?;
         Ok((
             PyCapsule::new_with_value(py, schema, c"arrow_schema")?,
             PyCapsule::new_with_value(py, array, c"arrow_array")?,
@@ -300,8 +307,7 @@ struct ResultSchema;
 impl ResultSchema {
     /// The Arrow C data interface: a schema capsule.
     fn __arrow_c_schema__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
-        let schema = FFI_ArrowSchema::try_from(batch::schema().as_ref())
-            .map_err(|e| NativeError::new_err(e.to_string()))?;
+        let schema = FFI_ArrowSchema::try_from(batch::schema().as_ref()).map_err(native_error)?;
         PyCapsule::new_with_value(py, schema, c"arrow_schema")
     }
 }
@@ -325,14 +331,14 @@ impl MockServer {
     #[pyo3(signature = (config_json = "{}", host = "127.0.0.1", port = 0))]
     fn new(py: Python<'_>, config_json: &str, host: &str, port: u16) -> PyResult<Self> {
         let config: MockConfig = serde_json::from_str(config_json)
-            .map_err(|e| ConfigError::new_err(format!("mock server configuration: {e}")))?;
+            .map_err(|e| config_error(format!("mock server configuration: {e}")))?;
         let addr = format!("{host}:{port}")
             .parse()
-            .map_err(|e| ConfigError::new_err(format!("mock server address {host}:{port}: {e}")))?;
+            .map_err(|e| config_error(format!("mock server address {host}:{port}: {e}")))?;
         let api_key = config.api_key.clone();
         let inner = py
             .detach(|| NativeMockServer::start(config, addr))
-            .map_err(|e| NativeError::new_err(format!("mock server on {host}:{port}: {e}")))?;
+            .map_err(|e| native_error(format!("mock server on {host}:{port}: {e}")))?;
         Ok(Self { inner, api_key })
     }
 
@@ -355,7 +361,7 @@ impl MockServer {
 
     /// Request counters as a JSON string.
     fn stats_json(&self) -> PyResult<String> {
-        serde_json::to_string(&self.inner.stats()).map_err(|e| NativeError::new_err(e.to_string()))
+        serde_json::to_string(&self.inner.stats()).map_err(native_error)
     }
 
     fn reset_stats(&self) {
@@ -384,7 +390,7 @@ impl ModelClient {
     #[new]
     #[pyo3(signature = (pool_size = 128))]
     fn new(pool_size: usize) -> PyResult<Self> {
-        let inner = NativeModelClient::new(pool_size).map_err(to_py)?;
+        let inner = NativeModelClient::new(pool_size)?;
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -394,7 +400,7 @@ impl ModelClient {
     /// max_tokens, stream, max_retries, timeout; `messages_json`: a list of {role, content})
     /// as a task on the shared runtime; its pieces and its end arrive through the stream.
     fn stream(&self, config_json: &str, messages_json: &str) -> PyResult<ChunkStream> {
-        let config = ClientConfig::from_json(config_json).map_err(to_py)?;
+        let config = ClientConfig::from_json(config_json)?;
         let messages: Vec<Message> = serde_json::from_str(messages_json)
             .map_err(|e| PyValueError::new_err(format!("messages are not valid: {e}")))?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -505,7 +511,7 @@ fn item_value(py: Python<'_>, item: Option<Item>) -> PyResult<Py<PyAny>> {
         None => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
         Some(Item::Delta(piece)) => Ok(piece.into_pyobject(py)?.into_any().unbind()),
         Some(Item::Done(Ok(response))) => Ok(answer(py, &response)?.into_any().unbind()),
-        Some(Item::Done(Err(err))) => Err(client_error(py, err)),
+        Some(Item::Done(Err(err))) => Err(client_error(err)),
     }
 }
 
@@ -563,23 +569,6 @@ fn answer<'py>(py: Python<'py>, response: &Response) -> PyResult<Bound<'py, PyDi
     Ok(dict)
 }
 
-/// A `ClientError` carrying the failure's `error_type`, `status`, `message` and `attempts`.
-fn client_error(py: Python<'_>, err: NativeClientError) -> PyErr {
-    let exc = ClientError::new_err(err.to_string());
-    let value = exc.value(py);
-    for (name, result) in [
-        ("error_type", value.setattr("error_type", err.kind.as_str())),
-        ("status", value.setattr("status", err.status)),
-        ("message", value.setattr("message", &err.message)),
-        ("attempts", value.setattr("attempts", err.attempts)),
-    ] {
-        if let Err(e) = result {
-            return PyValueError::new_err(format!("cannot set {name} on ClientError: {e}"));
-        }
-    }
-    exc
-}
-
 /// Serves an executor's metrics in Prometheus text format at `GET /metrics` while it runs.
 #[pyclass(module = "runner._native", frozen)]
 struct MetricsServer {
@@ -627,11 +616,11 @@ impl MetricsServer {
     ) -> PyResult<Self> {
         let addr = format!("{host}:{port}")
             .parse()
-            .map_err(|e| ConfigError::new_err(format!("metrics address {host}:{port}: {e}")))?;
+            .map_err(|e| config_error(format!("metrics address {host}:{port}: {e}")))?;
         let source = metrics_source(executor, runs);
         let inner = py
             .detach(|| NativeMetricsServer::start(addr, source))
-            .map_err(|e| NativeError::new_err(format!("metrics server on {host}:{port}: {e}")))?;
+            .map_err(|e| native_error(format!("metrics server on {host}:{port}: {e}")))?;
         Ok(Self { inner })
     }
 
@@ -665,7 +654,7 @@ impl MetricsServer {
 #[pyfunction]
 #[pyo3(signature = (level = "info", json = false))]
 fn init_logging(level: &str, json: bool) -> PyResult<bool> {
-    crate::logging::init(level, json).map_err(to_py)
+    Ok(crate::logging::init(level, json)?)
 }
 
 /// The whole records of run-log segments, read in the order given, as one result batch (the
@@ -674,9 +663,8 @@ fn init_logging(level: &str, json: bool) -> PyResult<bool> {
 fn read_log(py: Python<'_>, segments: Vec<std::path::PathBuf>) -> PyResult<(ResultBatch, usize)> {
     let recovered = py
         .detach(|| wal::read(&segments))
-        .map_err(|e| NativeError::new_err(format!("cannot read the run's log: {e}")))?;
-    let batch =
-        batch::to_batch(&recovered.rows).map_err(|e| NativeError::new_err(e.to_string()))?;
+        .map_err(|e| native_error(format!("cannot read the run's log: {e}")))?;
+    let batch = batch::to_batch(&recovered.rows).map_err(native_error)?;
     Ok((ResultBatch { batch }, recovered.torn))
 }
 
