@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["arun", "run"]
 
-#: RunOptions fields that `run` does not take as keyword options (it sets them itself).
+#: RunSpec fields that `run` does not take as keyword options (it sets them itself).
 _FIXED = {"input", "output", "provider", "model", "dry_run"}
 
 
@@ -58,10 +58,10 @@ def run(
     import polars as pl
 
     from runner.engine.pipeline import run_spec
-    from runner.engine.spec import RunOptions
+    from runner.engine.spec import RunSpec
     from runner.engine.outcome import Reporter, Stop
 
-    known = {f.name for f in dataclasses.fields(RunOptions)} - _FIXED
+    known = {f.name for f in dataclasses.fields(RunSpec)} - _FIXED
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"run() got unknown options: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -69,7 +69,7 @@ def run(
     try:
         source = _input_path(data, scratch)
         target = Path(output) if output is not None else scratch / "output.parquet"
-        opts = RunOptions(input=source, output=target, provider=provider, model=model, **options)
+        opts = RunSpec(input=source, output=target, provider=provider, model=model, **options)
         outcome = run_spec(opts, Reporter(sys.stderr if progress else _Silent()))
         if outcome.stop is Stop.INTERRUPTED:
             raise KeyboardInterrupt(f"run interrupted; finished rows are saved in {target}")

@@ -17,7 +17,7 @@ memory.few_arenas()
 
 import typer
 
-from runner.engine.spec import RunOptions
+from runner.engine.spec import RunSpec, default
 from runner.errors import RunnerError
 from runner.engine.outcome import RunOutcome, Stop
 
@@ -44,15 +44,15 @@ def run(
     input: Annotated[Optional[str], typer.Argument(help="A .jsonl, .jsonl.gz or .parquet file, a directory or a glob of them.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The output Parquet file; its run state lives beside it.")] = None,
     job: Annotated[Optional[Path], typer.Option(help="A job file (TOML); flags given here override it.")] = None,
-    provider: Annotated[Optional[str], typer.Option(help="openai (default), anthropic, or mock (a built-in server, no key needed).")] = None,
+    provider: Annotated[Optional[str], typer.Option(help=f"openai, anthropic, or mock (a built-in server, no key needed); default {default('provider')}.")] = None,
     model: Annotated[Optional[str], typer.Option(help="The model name sent to the provider.")] = None,
     api_base: Annotated[Optional[str], typer.Option(help="Base URL (else OPENAI_BASE_URL / ANTHROPIC_BASE_URL).")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="Read the API key from this variable instead.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight at most (default 32).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help=f"Requests in flight at most (default {default('concurrency')}).")] = None,
     rpm: Annotated[Optional[int], typer.Option(help="Requests per minute at most.")] = None,
     tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute at most (prompt estimate + max tokens).")] = None,
-    max_retries: Annotated[Optional[int], typer.Option(help="Retries of a transient failure per row (default 6).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds per attempt (default 60).")] = None,
+    max_retries: Annotated[Optional[int], typer.Option(help=f"Retries of a transient failure per row (default {default('max_retries')}).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help=f"Seconds per attempt (default {default('timeout'):g}).")] = None,
     stream: Annotated[Optional[bool], typer.Option("--stream", help="Stream responses (SSE); records time to first token.")] = None,
     template: Annotated[Optional[str], typer.Option(help="A Jinja template over the row's columns, e.g. 'Q: {{ question }}'.")] = None,
     template_file: Annotated[Optional[Path], typer.Option(help="Read the template from a file.")] = None,
@@ -67,9 +67,9 @@ def run(
     min_pass_rate: Annotated[Optional[float], typer.Option(help="With --job: the pass rate each model must reach.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check and render the input, count rows and estimate cost; send nothing.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the saved state of OUTPUT and start over.")] = False,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On a rerun, send rows that ended in error again.")] = True,
-    grace_period: Annotated[float, typer.Option(help="On Ctrl-C/SIGTERM, seconds to let requests in flight finish.")] = 30.0,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast/--no-fail-fast", help="Stop when the first 5 rows all fail with the same permanent error (unknown model, refused key); --no-fail-fast sends every row anyway.")] = True,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="On a rerun, send rows that ended in error again.")] = default("retry_failed"),
+    grace_period: Annotated[float, typer.Option(help="On Ctrl-C/SIGTERM, seconds to let requests in flight finish.")] = default("grace_period"),
+    fail_fast: Annotated[bool, typer.Option("--fail-fast/--no-fail-fast", help="Stop when the first 5 rows all fail with the same permanent error (unknown model, refused key); --no-fail-fast sends every row anyway.")] = default("fail_fast"),
     mock_config: Annotated[str, typer.Option(hidden=True, help="JSON settings of the built-in mock (tests).")] = "{}",
     log_level: Annotated[Optional[str], typer.Option(help="Log requests and retries to stderr at this level (error, warning, info, debug).", envvar="PROMPT_RUNNER_LOG")] = None,
     log_format: Annotated[str, typer.Option(help="Log format: text, or json (one object per line).")] = "text",
@@ -100,7 +100,7 @@ def run(
     raise typer.Exit(execute(opts, loaded))
 
 
-def job_options(path: Path, flags: dict[str, object], extra: dict[str, object]) -> tuple[RunOptions, object]:
+def job_options(path: Path, flags: dict[str, object], extra: dict[str, object]) -> tuple[RunSpec, object]:
     from runner.evals.jobfile import load_job, merge_cli
     from runner.engine.spec import from_job
 
@@ -108,7 +108,7 @@ def job_options(path: Path, flags: dict[str, object], extra: dict[str, object]) 
     return from_job(job, **extra), job
 
 
-def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunOptions:
+def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunSpec:
     from runner.errors import InputError
 
     if flags.pop("min_pass_rate") is not None:
@@ -124,10 +124,10 @@ def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunOptio
         except OSError as err:
             raise InputError(f"{template_file}: cannot read the template: {err.strerror}") from None
     given = {k: v for k, v in flags.items() if v is not None}
-    return RunOptions(**given, **extra)  # type: ignore[arg-type]
+    return RunSpec(**given, **extra)  # type: ignore[arg-type]
 
 
-def execute(opts: RunOptions, job: object = None) -> int:
+def execute(opts: RunSpec, job: object = None) -> int:
     """Runs a batch, then scores and reports it for a job; user mistakes become one line and exit 2."""
     from runner.engine.pipeline import run_spec
 
@@ -204,7 +204,7 @@ def resume(
     if record is None or "options" not in record:
         raise fail(f"{output}: no saved run to resume (no {RunDir(output).path.name}/run.json)")
     try:
-        opts = RunOptions(output=output, **record["options"])
+        opts = RunSpec(output=output, **record["options"])
     except TypeError as err:
         raise fail(f"{output}: the saved run cannot be read by this version: {err}") from None
     opts.retry_failed = retry_failed

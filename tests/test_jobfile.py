@@ -286,10 +286,10 @@ def test_cli_override_values_are_checked(tmp_path: Path) -> None:
 
 
 def test_run_options_for_a_model(tmp_path: Path) -> None:
-    from runner.engine.spec import RunOptions
+    from runner.engine.spec import RunSpec
 
     job = load_good(tmp_path)
-    opts = RunOptions(**job.run_options(job.models[1]))
+    opts = RunSpec(**job.run_options(job.models[1]))
     assert opts.provider == "anthropic" and opts.concurrency == 4 and opts.rpm == 500
     assert opts.template == "Question: {{ question }}" and opts.max_tokens == 16
     opts.check()

@@ -1,4 +1,4 @@
-"""The run engine: a spec in (`spec.RunOptions`), an outcome out (`outcome.RunOutcome`).
+"""The run engine: a spec in (`spec.RunSpec`), an outcome out (`outcome.RunOutcome`).
 
 `live.py` runs a spec as live requests: one `lane.LaneRun` per model, each with a native
 executor; `endpoint.py` resolves where requests go, `pricing.py` what they cost, `progress.py`,

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from runner.engine.endpoint import Endpoint
 from runner.engine.outcome import Reporter, RunOutcome, Stop
-from runner.engine.spec import Lane, RunOptions
+from runner.engine.spec import Lane, RunSpec
 from runner.inputs.render import RequestSpec
 from runner.store.checkpoint import RunDir
 
@@ -25,7 +25,7 @@ class Prepared:
     """A run ready for an engine: its spec, input, models and endpoints, its run directory
     (locked), and what earlier runs on it settled."""
 
-    spec: RunOptions
+    spec: RunSpec
     paths: list[Path]
     request: RequestSpec
     lanes: list[Lane]

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from runner.store.cache import ResponseCache, cache_keys, hits_table
 from runner.inputs.dataset import iter_chunks
 from runner.engine.endpoint import Endpoint
-from runner.engine.spec import Lane, RunOptions
+from runner.engine.spec import Lane, RunSpec
 from runner.engine.pricing import cost_column
 from runner.inputs.render import RequestSpec, Renderer, plan
 from runner.schema import RESULT_FIELDS, input_column_name, result_table
@@ -58,7 +58,7 @@ class LaneRun:
     def __init__(
         self,
         lane: Lane,
-        opts: RunOptions,
+        opts: RunSpec,
         paths: list[Path],
         spec: RequestSpec,
         total: int,

@@ -23,7 +23,7 @@ from runner.engine import endpoint
 from runner.engine.base import Engine, Prepared
 from runner.engine.outcome import Reporter, RunOutcome, Stop
 from runner.engine.pricing import price_of
-from runner.engine.spec import Lane, RunOptions
+from runner.engine.spec import Lane, RunSpec
 from runner.errors import InputError
 from runner.inputs.dataset import iter_chunks, resolve_inputs, scan
 from runner.inputs.render import RequestSpec, plan
@@ -32,7 +32,7 @@ from runner.store.checkpoint import FLUSH_ROWS, OutputError, RunDir, digests_in_
 __all__ = ["resume_command", "run_spec"]
 
 
-def run_spec(spec: RunOptions, reporter: Reporter | None = None, engine: Engine | None = None) -> RunOutcome:
+def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | None = None) -> RunOutcome:
     """Runs `spec` with `engine` (the live one by default); user mistakes raise `RunnerError`
     before anything is sent."""
     from runner.engine.live import LiveEngine
@@ -110,7 +110,7 @@ def _kept(run_dir: RunDir, outcome: RunOutcome) -> RunOutcome:
     return outcome
 
 
-def request_fingerprint(spec: RunOptions, request: RequestSpec, lanes: list[Lane]) -> dict[str, Any]:
+def request_fingerprint(spec: RunSpec, request: RequestSpec, lanes: list[Lane]) -> dict[str, Any]:
     """Everything that changes what is sent for a row; a saved run must match it."""
     return {
         "models": [[lane.provider, lane.model, None if lane.provider == "mock" else lane.api_base] for lane in lanes],
@@ -123,7 +123,7 @@ def request_fingerprint(spec: RunOptions, request: RequestSpec, lanes: list[Lane
 
 
 def _record(
-    spec: RunOptions,
+    spec: RunSpec,
     request: RequestSpec,
     lanes: list[Lane],
     run_id: str,
@@ -145,7 +145,7 @@ def _record(
 
 
 def _check_same_run(
-    spec: RunOptions, request: RequestSpec, lanes: list[Lane], saved: dict[str, Any], inputs: list[dict[str, Any]]
+    spec: RunSpec, request: RequestSpec, lanes: list[Lane], saved: dict[str, Any], inputs: list[dict[str, Any]]
 ) -> None:
     """Refuses to mix two different runs in one output."""
     old = saved.get("fingerprint", {})
@@ -162,7 +162,7 @@ def _check_same_run(
 
 
 def dry_run(
-    spec: RunOptions, paths: list[Path], request: RequestSpec, lanes: list[Lane], rows: int, reporter: Reporter
+    spec: RunSpec, paths: list[Path], request: RequestSpec, lanes: list[Lane], rows: int, reporter: Reporter
 ) -> RunOutcome:
     """Counts, shows the first request, and estimates tokens and cost; sends nothing."""
     chars, first = 0, None

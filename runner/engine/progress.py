@@ -9,7 +9,6 @@ from types import TracebackType
 from typing import Any, TextIO
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 __all__ = ["Progress", "format_count", "format_duration", "summary"]
 
@@ -200,28 +199,6 @@ def _as_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(list(rows))
 
 
-def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
-    if name in table.column_names:
-        return table.column(name)
-    return pa.chunked_array([pa.nulls(table.num_rows)])
-
-
-def _counts(col: pa.ChunkedArray) -> str:
-    """``ok=990 error=10`` sorted by count (desc), then name; nulls skipped."""
-    pairs = [
-        (str(item["values"]), int(item["counts"]))
-        for item in pc.value_counts(col.drop_null()).to_pylist()
-        if item["values"] is not None
-    ]
-    pairs.sort(key=lambda p: (-p[1], p[0]))  # one entry per distinct value, not per row
-    return " ".join(f"{k}={v}" for k, v in pairs)
-
-
-def _sum(col: pa.ChunkedArray) -> int:
-    value = pc.sum(col).as_py() if len(col) else None
-    return int(value or 0)
-
-
 def summary(rows: pa.Table | Sequence[Mapping[str, Any]], elapsed_s: float) -> str:
     """A short multi-line end-of-run summary, computed column-wise.
 
@@ -229,26 +206,29 @@ def summary(rows: pa.Table | Sequence[Mapping[str, Any]], elapsed_s: float) -> s
     ``prompt_tokens``, ``completion_tokens``, ``latency_ms``. Latency percentiles are over ``ok``
     rows (linear interpolation); errors are counted by ``error_type``.
     """
+    from runner.stats import row_stats
+
     table = _as_table(rows)
     n = table.num_rows
-    status = _column(table, "status")
     rate = n / elapsed_s if elapsed_s > 0 else 0.0
     lines = [f"rows: {n} in {format_duration(elapsed_s)} ({rate:.1f} rows/s)"]
-    lines.append(f"status: {_counts(status) or 'none'}")
-    if n:
-        is_error = pc.fill_null(pc.not_equal(status, "ok"), True)
-        errors = _counts(pc.filter(_column(table, "error_type"), is_error))
-        if errors:
-            lines.append(f"errors: {errors}")
-    prompt_tokens = _sum(_column(table, "prompt_tokens"))
-    completion_tokens = _sum(_column(table, "completion_tokens"))
+    if not n or "status" not in table.column_names:
+        lines += ["status: none", "tokens: prompt=0 completion=0 total=0"]
+        return "\n".join(lines)
+    stats = row_stats(table, by_model=False)[0]
+    lines.append(f"status: {_counts({'ok': stats['ok'], 'error': stats['failed']}) or 'none'}")
+    if stats["errors"]:
+        lines.append(f"errors: {_counts(stats['errors'])}")
+    prompt_tokens, completion_tokens = stats["prompt_tokens"], stats["completion_tokens"]
     lines.append(
         f"tokens: prompt={prompt_tokens:,} completion={completion_tokens:,} total={prompt_tokens + completion_tokens:,}"
     )
-    latency = _column(table, "latency_ms")
-    if n:
-        latency = pc.filter(latency, pc.fill_null(pc.equal(status, "ok"), False)).drop_null()
-    if len(latency):
-        p50, p95 = pc.quantile(pc.cast(latency, pa.float64()), q=[0.5, 0.95]).to_pylist()
-        lines.append(f"latency: p50={p50:,.0f} ms p95={p95:,.0f} ms (ok rows)")
+    if stats["latency_p50_ms"] is not None:
+        lines.append(f"latency: p50={stats['latency_p50_ms']:,.0f} ms p95={stats['latency_p95_ms']:,.0f} ms (ok rows)")
     return "\n".join(lines)
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    """``ok=990 error=10``: sorted by count (desc), then name; zeros left out."""
+    pairs = sorted(((k, v) for k, v in counts.items() if v), key=lambda p: (-p[1], p[0]))
+    return " ".join(f"{k}={v}" for k, v in pairs)

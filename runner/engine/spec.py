@@ -1,4 +1,6 @@
-"""`RunOptions`: everything `prompt-runner run` takes, checked; light to import (the CLI's start-up)."""
+"""`RunSpec`: everything `prompt-runner run` takes, with every default written once (the CLI's
+help, the job file's `[limits]` and the executor's settings read them from here), checked once;
+light to import (the CLI's start-up)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class Lane:
 
 
 @dataclass
-class RunOptions:
+class RunSpec:
     """Everything `prompt-runner run` takes (or a job file gives)."""
 
     input: str
@@ -112,10 +114,15 @@ class RunOptions:
                 raise InputError(f"--model is required with --provider {spec['provider']}")
 
 
-def from_job(job: Any, **extra: Any) -> RunOptions:
-    """RunOptions for a loaded (and CLI-merged) job file."""
+def default(name: str) -> Any:
+    """The default of a `RunSpec` field, for the CLI's help and the job file's defaults."""
+    return RunSpec.__dataclass_fields__[name].default
+
+
+def from_job(job: Any, **extra: Any) -> RunSpec:
+    """RunSpec for a loaded (and CLI-merged) job file."""
     limits = job.limits
-    return RunOptions(
+    return RunSpec(
         input=job.input,
         output=Path(job.output),
         provider=job.models[0].provider,

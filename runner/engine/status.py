@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from runner.stats import row_stats
 from runner.store.checkpoint import RunDir
 from runner.errors import InputError
 from runner.engine.progress import format_duration
@@ -31,8 +32,8 @@ def run_status(output: Path) -> dict[str, Any]:
         total = frame.height
     else:
         raise InputError(f"{output}: no run here (no {run_dir.path.name}/ and no output file)")
-    ok = _count(frame, "ok")
-    failed = _count(frame, "error")
+    stats = row_stats(frame.to_arrow(), by_model=False)[0] if "status" in frame.columns else None
+    ok, failed = (stats["ok"], stats["failed"]) if stats else (0, 0)
     holder = run_dir.holder()
     if holder is not None:
         state = f"running (pid {holder})"
@@ -50,11 +51,11 @@ def run_status(output: Path) -> dict[str, Any]:
         "ok": ok,
         "failed": failed,
         "pending": max(0, total - ok - failed),
-        "errors": _errors(frame),
-        "prompt_tokens": _sum(frame, "prompt_tokens"),
-        "completion_tokens": _sum(frame, "completion_tokens"),
-        "cost_usd": _sum(frame, "cost_usd", float),
-        "latency_ms": _latency(frame),
+        "errors": stats["errors"] if stats else {},
+        "prompt_tokens": stats["prompt_tokens"] if stats else 0,
+        "completion_tokens": stats["completion_tokens"] if stats else 0,
+        "cost_usd": stats["cost_usd"] if stats else None,
+        "latency_ms": {f"p{q}": _rounded(stats[f"latency_p{q}_ms"]) if stats else None for q in (50, 95, 99)},
         "elapsed_s": _elapsed(frame),
     }
     status["metrics"] = _metrics(output) if holder is None else {}
@@ -87,30 +88,8 @@ def _output_is_current(run_dir: RunDir) -> bool:
     return not parts or run_dir.output.stat().st_mtime >= max(p.stat().st_mtime for p in parts)
 
 
-def _count(frame: pl.DataFrame, status: str) -> int:
-    if "status" not in frame.columns:
-        return 0
-    return int((frame["status"] == status).sum())
-
-
-def _sum(frame: pl.DataFrame, column: str, kind: type = int) -> Any:
-    if column not in frame.columns or frame[column].null_count() == frame.height:
-        return None if kind is float else 0
-    return kind(frame[column].sum())
-
-
-def _errors(frame: pl.DataFrame) -> dict[str, int]:
-    if "error_type" not in frame.columns:
-        return {}
-    counts = frame.filter(pl.col("status") == "error")["error_type"].fill_null("unknown").value_counts()
-    return {row["error_type"]: int(row["count"]) for row in counts.sort("count", descending=True).iter_rows(named=True)}
-
-
-def _latency(frame: pl.DataFrame) -> dict[str, float | None]:
-    if "latency_ms" not in frame.columns:
-        return {"p50": None, "p95": None, "p99": None}
-    ok = frame.filter(pl.col("status") == "ok")["latency_ms"]
-    return {f"p{q}": (round(float(ok.quantile(q / 100)), 1) if ok.len() else None) for q in (50, 95, 99)}
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 1)
 
 
 def _elapsed(frame: pl.DataFrame) -> float | None:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from runner.engine.endpoint import MOCK_MODEL, PROVIDERS
+from runner.engine.spec import default
 from runner.errors import InputError
 from runner.engine.pricing import cost_column, price_of
 from runner.evals.score import ScoreSpec, validate_method
@@ -73,7 +74,7 @@ class RequestSpec:
     template_file: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
-    stream: bool = False
+    stream: bool = default("stream")
     id_column: str | None = None
 
 
@@ -92,13 +93,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Limits:
-    """``[limits]``; the defaults are those of ``prompt-runner run``."""
+    """``[limits]``; the defaults are those of ``prompt-runner run`` (`RunSpec`)."""
 
-    concurrency: int = 32
+    concurrency: int = default("concurrency")
     rpm: int | None = None
     tpm: int | None = None
-    max_retries: int = 6
-    timeout: float = 60.0
+    max_retries: int = default("max_retries")
+    timeout: float = default("timeout")
     max_cost: float | None = None
     max_failures: int | None = None
 
@@ -155,7 +156,7 @@ class Job:
         return pc.add(cost_in, cost_out)
 
     def run_options(self, model: ModelSpec) -> dict[str, Any]:
-        """Keyword arguments of ``runner.engine.live.RunOptions`` for one model of the matrix."""
+        """Keyword arguments of ``runner.engine.live.RunSpec`` for one model of the matrix."""
         limits = self.limits_for(model)
         return {
             "input": self.input,
