@@ -304,13 +304,13 @@ impl Executor {
 
     /// A renderer of [`Executor::metrics_text`] that outlives this handle, for a metrics server.
     pub fn metrics_source(&self) -> MetricsSource {
-        Self::labelled_metrics_source(&[(self, String::new())])
+        Self::labelled_metrics_source(&[(self, metrics::Labels::new())])
     }
 
     /// A renderer of several executors' metrics in one exposition, each sample carrying its
-    /// executor's labels (see [`metrics::labels`]): one endpoint for a model matrix.
-    pub fn labelled_metrics_source(runs: &[(&Executor, String)]) -> MetricsSource {
-        let runs: Vec<(Arc<Shared>, String)> = runs
+    /// executor's labels: one endpoint for a model matrix.
+    pub fn labelled_metrics_source(runs: &[(&Executor, metrics::Labels)]) -> MetricsSource {
+        let runs: Vec<(Arc<Shared>, metrics::Labels)> = runs
             .iter()
             .map(|(executor, labels)| (executor.shared.clone(), labels.clone()))
             .collect();
@@ -318,7 +318,7 @@ impl Executor {
             let views: Vec<metrics::Run<'_>> = runs
                 .iter()
                 .map(|(shared, labels)| metrics::Run {
-                    labels: labels.clone(),
+                    labels,
                     stats: &shared.stats,
                     concurrency: shared.limiter.concurrency(),
                 })

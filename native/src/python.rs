@@ -590,15 +590,9 @@ fn metrics_source(
 }
 
 fn labelled_source(runs: &LabelledRuns<'_>) -> metrics::MetricsSource {
-    let runs: Vec<(&NativeExecutor, String)> = runs
+    let runs: Vec<(&NativeExecutor, metrics::Labels)> = runs
         .iter()
-        .map(|(executor, pairs)| {
-            let pairs: Vec<(&str, &str)> = pairs
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            (&executor.inner, metrics::labels(&pairs))
-        })
+        .map(|(executor, labels)| (&executor.inner, labels.clone()))
         .collect();
     NativeExecutor::labelled_metrics_source(&runs)
 }
