@@ -266,120 +266,153 @@ impl Snapshot {
     }
 }
 
-/// Encodes a latency snapshot as a Prometheus histogram.
+/// One sample's value.
 #[derive(Debug)]
-struct Latency<'a>(&'a HistogramSnapshot);
+enum Value<'a> {
+    Count(u64),
+    Level(i64),
+    Rate(f64),
+    Latency(&'a HistogramSnapshot),
+}
 
-impl EncodeMetric for Latency<'_> {
+impl EncodeMetric for Value<'_> {
     fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
-        // The encoder takes per-bucket counts and sums them up itself.
-        let mut below = 0;
-        let buckets: Vec<(f64, u64)> = (self.0.cumulative.iter())
-            .map(|&(bound, n)| (bound, n - std::mem::replace(&mut below, n)))
-            .collect();
-        let sum = self.0.sum_seconds;
-        encoder.encode_histogram::<NoLabelSet>(sum, self.0.count, &buckets, None)
+        match *self {
+            Value::Count(n) => ConstCounter::new(n).encode(encoder),
+            Value::Level(n) => ConstGauge::new(n).encode(encoder),
+            Value::Rate(x) => ConstGauge::new(x).encode(encoder),
+            Value::Latency(h) => {
+                // The encoder takes per-bucket counts and sums them up itself.
+                let mut below = 0;
+                let buckets: Vec<(f64, u64)> = (h.cumulative.iter())
+                    .map(|&(bound, n)| (bound, n - std::mem::replace(&mut below, n)))
+                    .collect();
+                encoder.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)
+            }
+        }
     }
 
     fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
+        match self {
+            Value::Count(_) => MetricType::Counter,
+            Value::Level(_) | Value::Rate(_) => MetricType::Gauge,
+            Value::Latency(_) => MetricType::Histogram,
+        }
     }
 }
 
-/// The runs of one exposition, encoded family by family at each scrape.
+/// A run's samples of one family: each with its own label (if any) and its value.
+type Samples = for<'s> fn(&'s Snapshot) -> Vec<(Option<(&'static str, &'static str)>, Value<'s>)>;
+
+/// Every family of the exposition, in order: name (a counter's without `_total`), type, help,
+/// and how a run's snapshot gives its samples.
+const FAMILIES: &[(&str, MetricType, &str, Samples)] = {
+    use MetricType::{Counter, Gauge, Histogram};
+    use Value::{Count, Latency, Level, Rate};
+    &[
+        (
+            "prompt_runner_rows",
+            Counter,
+            "Rows finished, by status.",
+            |r| {
+                vec![
+                    (Some(("status", "ok")), Count(r.ok)),
+                    (Some(("status", "error")), Count(r.failed)),
+                ]
+            },
+        ),
+        (
+            "prompt_runner_rows_submitted",
+            Counter,
+            "Rows queued for sending.",
+            |r| vec![(None, Count(r.submitted))],
+        ),
+        (
+            "prompt_runner_requests",
+            Counter,
+            "HTTP requests sent, retries included.",
+            |r| vec![(None, Count(r.requests))],
+        ),
+        (
+            "prompt_runner_retries",
+            Counter,
+            "Retries, by the failure that caused them.",
+            |r| {
+                (r.retries_by_cause.iter())
+                    .map(|&(cause, n)| (Some(("cause", cause)), Count(n)))
+                    .collect()
+            },
+        ),
+        (
+            "prompt_runner_rate_limited",
+            Counter,
+            "Responses 429 or overloaded (529).",
+            |r| vec![(None, Count(r.rate_limited))],
+        ),
+        (
+            "prompt_runner_tokens",
+            Counter,
+            "Tokens reported by the provider, by kind.",
+            |r| {
+                vec![
+                    (Some(("kind", "prompt")), Count(r.prompt_tokens)),
+                    (Some(("kind", "completion")), Count(r.completion_tokens)),
+                ]
+            },
+        ),
+        (
+            "prompt_runner_in_flight",
+            Gauge,
+            "Rows being sent or retried now.",
+            |r| vec![(None, Level(r.in_flight))],
+        ),
+        (
+            "prompt_runner_concurrency",
+            Gauge,
+            "The concurrency window (requests in flight at most).",
+            |r| vec![(None, Level(r.concurrency))],
+        ),
+        (
+            "prompt_runner_rows_per_second",
+            Gauge,
+            "Finished rows per second since the run started.",
+            |r| vec![(None, Rate(r.rates.rows_per_second))],
+        ),
+        (
+            "prompt_runner_tokens_per_second",
+            Gauge,
+            "Completion tokens per second since the run started.",
+            |r| vec![(None, Rate(r.rates.tokens_per_second))],
+        ),
+        (
+            "prompt_runner_request_latency_seconds",
+            Histogram,
+            "Duration of each HTTP attempt.",
+            |r| vec![(None, Latency(&r.latency))],
+        ),
+    ]
+};
+
+/// The runs of one exposition, encoded family by family at each scrape: HELP and TYPE once,
+/// then every run's samples, each labelled with the run's labels and its own.
 #[derive(Debug)]
 struct Exposition(Vec<Snapshot>);
 
-impl Exposition {
-    /// One family: its HELP and TYPE, then for every run the samples `samples` gives, each
-    /// labelled with the run's labels and its own (`own`: none or one pair).
-    fn family<'s, M: EncodeMetric>(
-        &'s self,
-        encoder: &mut DescriptorEncoder,
-        (name, help, kind): (&str, &str, MetricType),
-        samples: impl Fn(&'s Snapshot) -> Vec<(Option<(&'static str, &'static str)>, M)>,
-    ) -> std::fmt::Result {
-        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-        for run in &self.0 {
-            for (own, metric) in samples(run) {
-                let own: &[(&str, &str)] = match &own {
-                    Some(pair) => std::slice::from_ref(pair),
-                    None => &[],
-                };
-                let labels = (run.labels.as_slice(), own);
-                metric.encode(family.encode_family(&labels)?)?;
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for &(name, kind, help, samples) in FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for run in &self.0 {
+                for (own, value) in samples(run) {
+                    let own: &[(&str, &str)] = match &own {
+                        Some(pair) => std::slice::from_ref(pair),
+                        None => &[],
+                    };
+                    value.encode(family.encode_family(&(run.labels.as_slice(), own))?)?;
+                }
             }
         }
         Ok(())
-    }
-}
-
-impl Collector for Exposition {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        use MetricType::{Counter, Gauge, Histogram};
-        let one = |n: u64| vec![(None, ConstCounter::new(n))];
-        let level = |n: i64| vec![(None, ConstGauge::new(n))];
-        let rate = |x: f64| vec![(None, ConstGauge::new(x))];
-        let e = &mut encoder;
-        self.family(
-            e,
-            ("prompt_runner_rows", "Rows finished, by status.", Counter),
-            |r| {
-                vec![
-                    (Some(("status", "ok")), ConstCounter::new(r.ok)),
-                    (Some(("status", "error")), ConstCounter::new(r.failed)),
-                ]
-            },
-        )?;
-        let help = "Rows queued for sending.";
-        self.family(e, ("prompt_runner_rows_submitted", help, Counter), |r| {
-            one(r.submitted)
-        })?;
-        let help = "HTTP requests sent, retries included.";
-        self.family(e, ("prompt_runner_requests", help, Counter), |r| {
-            one(r.requests)
-        })?;
-        let help = "Retries, by the failure that caused them.";
-        self.family(e, ("prompt_runner_retries", help, Counter), |r| {
-            (r.retries_by_cause.iter())
-                .map(|&(cause, n)| (Some(("cause", cause)), ConstCounter::new(n)))
-                .collect()
-        })?;
-        let help = "Responses 429 or overloaded (529).";
-        self.family(e, ("prompt_runner_rate_limited", help, Counter), |r| {
-            one(r.rate_limited)
-        })?;
-        let help = "Tokens reported by the provider, by kind.";
-        self.family(e, ("prompt_runner_tokens", help, Counter), |r| {
-            vec![
-                (Some(("kind", "prompt")), ConstCounter::new(r.prompt_tokens)),
-                (
-                    Some(("kind", "completion")),
-                    ConstCounter::new(r.completion_tokens),
-                ),
-            ]
-        })?;
-        let help = "Rows being sent or retried now.";
-        self.family(e, ("prompt_runner_in_flight", help, Gauge), |r| {
-            level(r.in_flight)
-        })?;
-        let help = "The concurrency window (requests in flight at most).";
-        self.family(e, ("prompt_runner_concurrency", help, Gauge), |r| {
-            level(r.concurrency)
-        })?;
-        let help = "Finished rows per second since the run started.";
-        self.family(e, ("prompt_runner_rows_per_second", help, Gauge), |r| {
-            rate(r.rates.rows_per_second)
-        })?;
-        let help = "Completion tokens per second since the run started.";
-        self.family(e, ("prompt_runner_tokens_per_second", help, Gauge), |r| {
-            rate(r.rates.tokens_per_second)
-        })?;
-        let help = "Duration of each HTTP attempt.";
-        let name = "prompt_runner_request_latency_seconds";
-        self.family(e, (name, help, Histogram), |r| {
-            vec![(None, Latency(&r.latency))]
-        })
     }
 }
 
