@@ -1,7 +1,8 @@
 //! Results as an Arrow record batch: `_row`, the result columns of the output (their names,
-//! types and order), then `request_hash`. This is where the result schema is defined, once;
-//! Python reads it through `runner._native.result_schema()`. A poll's rows cross to Python in
-//! one batch through the Arrow C data interface, with no Python object per value.
+//! types and order; ARCHITECTURE.md "Output schema"), then `request_hash`. This is where the
+//! result schema is defined, once; Python reads it through `runner._native.result_schema()`.
+//! A poll's rows cross to Python in one batch through the Arrow C data interface, with no
+//! Python object per value.
 
 use crate::error::ErrorType;
 use crate::row::RowResult;

@@ -93,10 +93,10 @@ impl ErrorType {
         }
     }
 
-    /// Whether another attempt may succeed (DESIGN.md "Executor rules").
+    /// Whether another attempt may succeed (ARCHITECTURE.md "Executor rules").
     ///
     /// A 2xx with an unparseable body is not retried: the same request gets the same answer,
-    /// and DESIGN.md lists the retryable cases exhaustively.
+    /// and ARCHITECTURE.md "Retries" lists the retryable cases exhaustively.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,

@@ -1,7 +1,7 @@
 //! Retries: the one loop that sends a request until it settles ([`until_settled`], used by the
-//! executor and the model client, each through its own [`Hooks`]), and backoff with jitter.
-//! (Why an attempt failed, and whether that is retryable, is [`crate::error::ErrorType`]; how an
-//! HTTP answer maps to it is `provider::classify_status`.)
+//! executor and the model client, each through its own [`Hooks`]), and backoff with jitter
+//! (ARCHITECTURE.md "Retries"). Why an attempt failed, and whether that is retryable, is
+//! [`crate::error::ErrorType`]; how an HTTP answer maps to it is `provider::classify_status`.
 
 use crate::transport::{AttemptError, Success};
 use rand::Rng;

@@ -553,8 +553,8 @@ mod tests {
 
     #[test]
     fn retryable_statuses_classify_as_retryable() {
-        // Every status DESIGN.md names as retryable classifies to a retryable type, and the rest
-        // of 4xx never does.
+        // Every status ARCHITECTURE.md "Retries" names as retryable classifies to a retryable
+        // type, and the rest of 4xx never does.
         for status in [408, 409, 429, 500, 502, 503, 504, 529] {
             assert!(
                 classify_status(ProviderKind::OpenAi, status, b"").is_retryable(),
