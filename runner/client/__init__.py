@@ -1,44 +1,7 @@
 """The async model client: one chat request at a time from asyncio, on the native runtime
 (`models.py`). Its names are those of `runner` itself (`runner.ModelClient`, ...)."""
 
-from runner.client.models import (
-    APIConnectionError,
-    AuthenticationError,
-    BadRequestError,
-    Chunk,
-    InvalidResponseError,
-    Message,
-    ModelClient,
-    ModelClientError,
-    ModelConfig,
-    NotFoundError,
-    QuotaExceededError,
-    RateLimitError,
-    RequestTimeoutError,
-    Response,
-    RustModelClient,
-    RustModelConfig,
-    ServerError,
-    Usage,
-)
+from runner.client import models
+from runner.client.models import *  # noqa: F403 - the client's public names, listed in models.__all__
 
-__all__ = [
-    "APIConnectionError",
-    "AuthenticationError",
-    "BadRequestError",
-    "Chunk",
-    "InvalidResponseError",
-    "Message",
-    "ModelClient",
-    "ModelClientError",
-    "ModelConfig",
-    "NotFoundError",
-    "QuotaExceededError",
-    "RateLimitError",
-    "RequestTimeoutError",
-    "Response",
-    "RustModelClient",
-    "RustModelConfig",
-    "ServerError",
-    "Usage",
-]
+__all__ = models.__all__
