@@ -23,9 +23,14 @@ pub fn schema() -> SchemaRef {
                 ("_row", DataType::Int64),
                 ("status", DataType::Utf8),
                 ("output", DataType::Utf8),
+                ("refusal", DataType::Utf8),
+                ("tool_calls", DataType::Utf8),
                 ("finish_reason", DataType::Utf8),
                 ("prompt_tokens", DataType::Int64),
                 ("completion_tokens", DataType::Int64),
+                ("reasoning_tokens", DataType::Int64),
+                ("cached_prompt_tokens", DataType::Int64),
+                ("cache_write_tokens", DataType::Int64),
                 ("latency_ms", DataType::Float64),
                 ("ttft_ms", DataType::Float64),
                 ("attempts", DataType::Int32),
@@ -34,6 +39,7 @@ pub fn schema() -> SchemaRef {
                 ("error", DataType::Utf8),
                 ("started_at", ts.clone()),
                 ("finished_at", ts),
+                ("raw", DataType::Utf8),
                 ("request_hash", DataType::Utf8),
             ];
             Arc::new(Schema::new(
@@ -69,9 +75,14 @@ pub fn to_batch(rows: &[RowResult]) -> Result<RecordBatch, ArrowError> {
         int(|r| Some(r.row as i64)),
         text(|r| Some(if r.ok { "ok" } else { "error" })),
         text(|r| r.output.as_deref()),
+        text(|r| r.refusal.as_deref()),
+        text(|r| r.tool_calls.as_deref()),
         text(|r| r.finish_reason.as_deref()),
         int(|r| r.prompt_tokens.map(|t| t as i64)),
         int(|r| r.completion_tokens.map(|t| t as i64)),
+        int(|r| r.reasoning_tokens.map(|t| t as i64)),
+        int(|r| r.cached_prompt_tokens.map(|t| t as i64)),
+        int(|r| r.cache_write_tokens.map(|t| t as i64)),
         float(|r| Some(r.latency_ms)),
         float(|r| r.ttft_ms),
         small(|r| Some(r.attempts as i32)),
@@ -80,6 +91,7 @@ pub fn to_batch(rows: &[RowResult]) -> Result<RecordBatch, ArrowError> {
         text(|r| r.error.as_deref()),
         time(|r| r.started_at_us),
         time(|r| r.finished_at_us),
+        text(|r| r.raw.as_deref()),
         text(|r| Some(r.request_hash.as_str())),
     ];
     RecordBatch::try_new(schema(), columns)
@@ -107,6 +119,7 @@ mod tests {
             started_at_us: 1_700_000_000_000_000,
             finished_at_us: 1_700_000_000_001_500,
             request_hash: format!("h{row}"),
+            ..RowResult::default()
         }
     }
 
@@ -137,6 +150,61 @@ mod tests {
     #[test]
     fn an_empty_poll_is_an_empty_batch() {
         let batch = to_batch(&[]).unwrap();
-        assert_eq!((batch.num_rows(), batch.num_columns()), (0, 15));
+        assert_eq!((batch.num_rows(), batch.num_columns()), (0, 21));
+    }
+
+    #[test]
+    fn the_new_columns_sit_where_the_output_schema_says() {
+        let names: Vec<String> = schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(
+            names,
+            [
+                "_row",
+                "status",
+                "output",
+                "refusal",
+                "tool_calls",
+                "finish_reason",
+                "prompt_tokens",
+                "completion_tokens",
+                "reasoning_tokens",
+                "cached_prompt_tokens",
+                "cache_write_tokens",
+                "latency_ms",
+                "ttft_ms",
+                "attempts",
+                "http_status",
+                "error_type",
+                "error",
+                "started_at",
+                "finished_at",
+                "raw",
+                "request_hash",
+            ]
+        );
+        let mut row = result(1, true);
+        row.refusal = Some("I can't help with that.".into());
+        row.tool_calls = Some(r#"[{"id":"call_1"}]"#.into());
+        row.reasoning_tokens = Some(64);
+        row.cached_prompt_tokens = Some(1024);
+        row.cache_write_tokens = Some(12);
+        row.raw = Some("{}".into());
+        let batch = to_batch(&[row, result(2, true)]).unwrap();
+        let text = |name: &str| {
+            let col = batch.column_by_name(name).unwrap();
+            let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+            (col.value(0).to_string(), col.is_null(1))
+        };
+        assert_eq!(text("refusal"), ("I can't help with that.".into(), true));
+        assert_eq!(text("tool_calls"), (r#"[{"id":"call_1"}]"#.into(), true));
+        assert_eq!(text("raw"), ("{}".into(), true));
+        let int = |name: &str| {
+            let col = batch.column_by_name(name).unwrap();
+            let col = col.as_any().downcast_ref::<Int64Array>().unwrap();
+            (col.value(0), col.is_null(1))
+        };
+        assert_eq!(int("reasoning_tokens"), (64, true));
+        assert_eq!(int("cached_prompt_tokens"), (1024, true));
+        assert_eq!(int("cache_write_tokens"), (12, true));
     }
 }

@@ -41,6 +41,9 @@ struct RequestFile {
     parameters: Parameters,
     #[serde(default)]
     api_base: Option<String>,
+    /// Azure's `api-version` (else `OPENAI_API_VERSION`).
+    #[serde(default)]
+    api_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +224,7 @@ fn load(
         temperature: p.temperature,
         max_tokens: p.max_tokens,
         stream: opts.stream,
+        api_version: file.api_version,
         max_retries: p.max_retries.unwrap_or(2),
         timeout: p.timeout.unwrap_or(60.0),
     };
@@ -228,13 +232,26 @@ fn load(
     Ok((config, messages))
 }
 
-/// The `--json` answer: text, finish reason, usage and timings.
+/// The `--json` answer: text, finish reason, refusal, tool calls (a JSON array, OpenAI's shape),
+/// usage (the whole prompt and reply) and its details, and timings.
 fn response_json(config: &ClientConfig, response: &Response) -> serde_json::Value {
     let c = &response.completion;
+    let tool_calls = c
+        .tool_calls
+        .as_deref()
+        .and_then(|calls| serde_json::from_str::<serde_json::Value>(calls).ok());
     serde_json::json!({
         "text": c.text,
         "finish_reason": c.finish_reason,
+        "refusal": c.refusal,
+        "tool_calls": tool_calls,
         "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
+        // Parts of the usage above (null when the provider did not report them).
+        "usage_details": {
+            "reasoning_tokens": c.reasoning_tokens,
+            "cached_prompt_tokens": c.cached_prompt_tokens,
+            "cache_write_tokens": c.cache_write_tokens,
+        },
         "model": config.params.model,
         "latency_ms": response.latency.as_secs_f64() * 1000.0,
         "ttft_ms": response.ttft.map(|d| d.as_secs_f64() * 1000.0),
@@ -324,6 +341,7 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!((code, value["text"].as_str()), (0, Some("Echo: hi")));
         assert_eq!(value["usage"]["completion_tokens"], 2);
+        assert!(value["usage_details"].is_object() && value["tool_calls"].is_null());
 
         let (code, _, err) = call(
             request("openai", "hi"),
@@ -348,5 +366,19 @@ mod tests {
             code == 2 && err.contains("request.json") && err.contains("top_k"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_stream_answered_with_json_prints_its_text() {
+        let config: MockConfig =
+            serde_json::from_value(serde_json::json!({"stream_as_json": true})).expect("config");
+        let server = MockServer::start(config, "127.0.0.1:0".parse().expect("addr")).expect("mock");
+        let request = serde_json::json!({
+            "messages": [{"role": "user", "content": "whole answer"}],
+            "provider": "openai", "model": "m",
+            "api_base": format!("http://{}/v1", server.local_addr()),
+        });
+        let (code, out, err) = call(request, &["--stream"], Some("mock-key"));
+        assert_eq!((code, out.as_str()), (0, "Echo: whole answer\n"), "{err}");
     }
 }

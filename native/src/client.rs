@@ -4,7 +4,9 @@
 //! Base URLs and keys not given come from the environment, as in the CLI and the official SDKs.
 
 use crate::error::{Error, ErrorType, Result};
-use crate::provider::{self, Completion, Message, PreparedRequest, ProviderKind, RequestParams};
+use crate::provider::{
+    self, Completion, Endpoint, Message, PreparedRequest, ProviderKind, RequestParams,
+};
 use crate::retry::{self, Backoff, Verdict};
 use crate::secret::ApiKey;
 use crate::transport::{self, AttemptError, Success};
@@ -37,6 +39,9 @@ pub struct ClientSettings {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stream: bool,
+    /// Azure: the `api-version` (else `OPENAI_API_VERSION`); the model is the deployment.
+    #[serde(default)]
+    pub api_version: Option<String>,
     /// Retries of a transient failure (429, 5xx, timeouts, connection errors).
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
@@ -59,25 +64,32 @@ pub struct ClientConfig {
     pub api_base: String,
     pub api_key: ApiKey,
     pub params: RequestParams,
+    /// Azure's `api-version`.
+    pub api_version: Option<String>,
     pub max_retries: u32,
     pub timeout: Duration,
 }
 
-/// The environment variable holding `kind`'s key.
+/// The environment variable holding `kind`'s key (the official SDKs' names).
 pub fn key_env(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::OpenAi => "OPENAI_API_KEY",
         ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+        ProviderKind::Azure => "AZURE_OPENAI_API_KEY",
     }
 }
 
-/// The environment variable holding `kind`'s base URL.
+/// The environment variable holding `kind`'s base URL (Azure: the resource's endpoint).
 pub fn base_env(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::OpenAi => "OPENAI_BASE_URL",
         ProviderKind::Anthropic => "ANTHROPIC_BASE_URL",
+        ProviderKind::Azure => "AZURE_OPENAI_ENDPOINT",
     }
 }
+
+/// The environment variable holding Azure's `api-version`, as the official SDK reads it.
+pub const API_VERSION_ENV: &str = "OPENAI_API_VERSION";
 
 impl ClientConfig {
     /// Parses [`ClientSettings`] JSON and resolves it against the process environment.
@@ -91,12 +103,24 @@ impl ClientConfig {
     pub fn resolve(settings: ClientSettings, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let kind = settings.provider;
         let given = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
-        let api_base = given(settings.api_base)
-            .or_else(|| given(env(base_env(kind))))
-            .unwrap_or_else(|| match kind {
-                ProviderKind::OpenAi => OPENAI_BASE.to_string(),
-                ProviderKind::Anthropic => ANTHROPIC_BASE.to_string(),
-            });
+        let api_base = given(settings.api_base).or_else(|| given(env(base_env(kind))));
+        let api_base = match (api_base, kind) {
+            (Some(base), _) => base,
+            (None, ProviderKind::OpenAi) => OPENAI_BASE.to_string(),
+            (None, ProviderKind::Anthropic) => ANTHROPIC_BASE.to_string(),
+            (None, ProviderKind::Azure) => {
+                return Err(Error::Config(format!(
+                    "api_base: the Azure endpoint is required (or set {})",
+                    base_env(kind)
+                )))
+            }
+        };
+        let api_version = given(settings.api_version).or_else(|| given(env(API_VERSION_ENV)));
+        if kind == ProviderKind::Azure && api_version.is_none() {
+            return Err(Error::Config(format!(
+                "api_version: required for azure (or set {API_VERSION_ENV})"
+            )));
+        }
         let api_key = given(settings.api_key)
             .or_else(|| given(env(key_env(kind))))
             .unwrap_or_default();
@@ -118,10 +142,20 @@ impl ClientConfig {
                 max_tokens: settings.max_tokens,
                 stream: settings.stream,
                 system: None,
+                extra: None,
             },
+            api_version,
             max_retries: settings.max_retries,
             timeout: Duration::from_secs_f64(settings.timeout),
         })
+    }
+
+    /// Where the request goes (for Azure, the model names the deployment).
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        let mut endpoint = Endpoint::new(self.provider, &self.api_base, &self.api_key);
+        endpoint.deployment = Some(self.params.model.as_str());
+        endpoint.api_version = self.api_version.as_deref();
+        endpoint
     }
 }
 
@@ -202,13 +236,9 @@ impl ModelClient {
                     attempts: 0,
                 });
             }
-            let request = provider::prepare(
-                config.provider,
-                &config.api_base,
-                &config.api_key,
-                &config.params,
-                messages,
-            );
+            let target = config.endpoint().target();
+            let request =
+                provider::prepare_parsed(config.provider, &target, &config.params, messages, None);
             let mut hooks = ClientAttempts {
                 http: &self.http,
                 config,
@@ -320,7 +350,7 @@ mod tests {
 
     fn settings(kind: ProviderKind) -> ClientSettings {
         serde_json::from_value(serde_json::json!({
-            "provider": match kind { ProviderKind::OpenAi => "openai", ProviderKind::Anthropic => "anthropic" },
+            "provider": kind.as_str(),
             "model": "m",
         }))
         .expect("settings")
@@ -370,13 +400,18 @@ mod tests {
     ) -> ClientConfig {
         let base = match kind {
             ProviderKind::OpenAi => format!("http://{}/v1", server.local_addr()),
-            ProviderKind::Anthropic => format!("http://{}", server.local_addr()),
+            ProviderKind::Anthropic | ProviderKind::Azure => {
+                format!("http://{}", server.local_addr())
+            }
         };
         let mut s = settings(kind);
         s.api_base = Some(base);
         s.api_key = Some(key.into());
         s.stream = stream;
         s.max_retries = 1;
+        if kind == ProviderKind::Azure {
+            s.api_version = Some("2024-10-21".into());
+        }
         ClientConfig::resolve(s, |_| None).expect("config")
     }
 
@@ -410,6 +445,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn azure_reads_its_environment_and_reaches_the_deployment() {
+        let env = |name: &str| match name {
+            "AZURE_OPENAI_ENDPOINT" => Some("https://r.openai.azure.com".to_string()),
+            "AZURE_OPENAI_API_KEY" => Some("az-key".to_string()),
+            "OPENAI_API_VERSION" => Some("2024-10-21".to_string()),
+            _ => None,
+        };
+        let config = ClientConfig::resolve(settings(ProviderKind::Azure), env).expect("ok");
+        assert_eq!(config.api_key.expose(), "az-key");
+        assert_eq!(
+            config.endpoint().target().url,
+            "https://r.openai.azure.com/openai/deployments/m/chat/completions?api-version=2024-10-21"
+        );
+        let no_version = |name: &str| env(name).filter(|_| name != "OPENAI_API_VERSION");
+        assert!(ClientConfig::resolve(settings(ProviderKind::Azure), no_version).is_err());
+        assert!(ClientConfig::resolve(settings(ProviderKind::Azure), |_| None).is_err());
+
+        let server = mock(serde_json::json!({}));
+        let client = ModelClient::new(2).expect("client");
+        for stream in [false, true] {
+            let config = config_for(&server, ProviderKind::Azure, stream, "mock-key");
+            let response = runtime()
+                .block_on(client.send(&config, &user("via azure"), |_| {}))
+                .expect("answer");
+            assert_eq!(response.completion.text, "Echo: via azure");
+        }
+        assert_eq!(
+            server.stats().by_path["/openai/deployments/m/chat/completions"],
+            2
+        );
+    }
+
+    #[test]
+    fn a_stream_answered_with_json_still_hands_its_text_out() {
+        // A gateway answering `stream: true` with a whole JSON body: the caller, which prints
+        // the stream from its pieces, gets the text as one piece.
+        let server = mock(serde_json::json!({"stream_as_json": true}));
+        let client = ModelClient::new(2).expect("client");
+        for kind in [ProviderKind::OpenAi, ProviderKind::Anthropic] {
+            let config = config_for(&server, kind, true, "mock-key");
+            let mut pieces = Vec::new();
+            let response = runtime()
+                .block_on(client.send(&config, &user("two words"), |p| pieces.push(p.to_string())))
+                .expect("answer");
+            assert_eq!(pieces, ["Echo: two words"]);
+            assert_eq!(response.completion.text, "Echo: two words");
+        }
+        assert_eq!(server.stats().streamed, 0);
     }
 
     #[test]

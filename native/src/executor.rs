@@ -5,7 +5,7 @@ use crate::config::RunConfig;
 use crate::error::{Error, ErrorType, Result};
 use crate::failfast::FailFast;
 use crate::limiter::{Answer, Limiter, Pacing, Response};
-use crate::provider::{self, Messages, PreparedRequest};
+use crate::provider::{self, Messages, Params, PreparedRequest};
 use crate::retry::{self, Backoff, Verdict};
 use crate::row::RowResult;
 use crate::transport::{self, AttemptError, Success};
@@ -44,10 +44,22 @@ const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(300);
 /// without a hint): the run is paced elsewhere, and the row should come back soon after.
 const RATE_LIMIT_BACKOFF_STEPS: u32 = 3;
 
-/// One row to send: its position in the run and its messages.
+/// One row to send: its position in the run, its messages and its own params (over the run's).
 pub struct Job {
     pub row: u64,
     pub messages: Messages,
+    pub params: Option<Params>,
+}
+
+impl Job {
+    /// A row from its payload (see [`provider::RowPayload`]).
+    pub fn new(row: u64, payload: provider::RowPayload) -> Self {
+        Self {
+            row,
+            messages: payload.messages,
+            params: payload.params,
+        }
+    }
 }
 
 /// What a poll found.
@@ -155,7 +167,7 @@ impl Executor {
     /// run is cancelled.
     pub fn start(config: RunConfig, handle: &tokio::runtime::Handle) -> Result<Self> {
         let client = transport::build_client(config.concurrency);
-        let target = provider::target(config.provider, &config.api_base, &config.api_key);
+        let target = config.target();
         let shared = Arc::new(Shared {
             target,
             limiter: Limiter::new(config.concurrency, config.rpm, config.tpm),
@@ -414,13 +426,16 @@ async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
 /// Runs one row to its outcome; `None` when the run was cancelled before it finished.
 async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     let config = &shared.config;
+    let row_params = job.params.as_ref();
     let request = provider::prepare_row(
         config.provider,
         &shared.target,
         &config.params,
         &job.messages,
+        row_params,
     );
-    let estimate = provider::estimate_row_tokens(config.provider, &job.messages, &config.params);
+    let estimate =
+        provider::estimate_row_tokens(config.provider, &job.messages, &config.params, row_params);
     let request_hash = provider::request_hash(&request.body);
     let stats = &shared.stats;
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -446,11 +461,6 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
     let (attempts, latency, result) = (settled.attempts, settled.latency, settled.result);
     let mut row = RowResult {
         row: job.row,
-        ok: false,
-        output: None,
-        finish_reason: None,
-        prompt_tokens: None,
-        completion_tokens: None,
         latency_ms: latency.as_secs_f64() * 1000.0,
         ttft_ms: None,
         attempts,
@@ -460,6 +470,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
         started_at_us: hooks.first_sent_us.unwrap_or_else(now_us),
         finished_at_us: now_us(),
         request_hash,
+        ..RowResult::default()
     };
     stats.done.fetch_add(1, Ordering::Relaxed);
     match result {
@@ -475,9 +486,15 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
             }
             row.ok = true;
             row.output = Some(completion.text);
+            row.refusal = completion.refusal;
+            row.tool_calls = completion.tool_calls;
             row.finish_reason = completion.finish_reason;
             row.prompt_tokens = completion.prompt_tokens;
             row.completion_tokens = completion.completion_tokens;
+            row.reasoning_tokens = completion.reasoning_tokens;
+            row.cached_prompt_tokens = completion.cached_prompt_tokens;
+            row.cache_write_tokens = completion.cache_write_tokens;
+            row.raw = completion.raw;
             row.ttft_ms = success.ttft.map(|d| d.as_secs_f64() * 1000.0);
             row.http_status = Some(success.http_status);
         }
@@ -647,7 +664,11 @@ mod tests {
     fn job(row: u64) -> Job {
         let messages =
             Messages::from_json(format!(r#"[{{"role":"user","content":"q{row}"}}]"#)).unwrap();
-        Job { row, messages }
+        Job {
+            row,
+            messages,
+            params: None,
+        }
     }
 
     /// An executor sending to a fresh mock server (kept alive by the returned handle).
@@ -740,5 +761,144 @@ mod tests {
             sleeps <= 40,
             "the feeder slept {sleeps} times for {total} rows"
         );
+    }
+
+    /// Runs `payloads` on a fresh mock with `config` (JSON merged over an OpenAI run's) and
+    /// returns the results in row order, with the mock's stats.
+    fn run_on_mock(
+        config: serde_json::Value,
+        payloads: &[&str],
+    ) -> (Vec<RowResult>, crate::mock::MockStats) {
+        let server =
+            MockServer::start(MockConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut value = serde_json::json!({"provider": "openai",
+            "api_base": format!("http://{}/v1", server.local_addr()),
+            "api_key": "mock-key", "model": "gpt-4o-mini", "concurrency": 1, "max_retries": 0});
+        for (key, v) in config.as_object().unwrap() {
+            value[key] = v.clone();
+        }
+        if value["provider"] == "anthropic" {
+            value["api_base"] = format!("http://{}", server.local_addr()).into();
+        }
+        let executor = Executor::start(
+            RunConfig::from_json(&value.to_string()).unwrap(),
+            runtime().handle(),
+        )
+        .unwrap();
+        let jobs = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                Job::new(
+                    i as u64,
+                    provider::RowPayload::from_json(p.to_string()).unwrap(),
+                )
+            })
+            .collect();
+        executor.submit_blocking(jobs).unwrap();
+        executor.close_input();
+        let mut rows = Vec::new();
+        loop {
+            match executor.poll(Duration::from_millis(200)) {
+                Poll::Rows(batch) => rows.extend(batch),
+                Poll::Idle => {}
+                Poll::Done => break,
+            }
+        }
+        rows.sort_by_key(|r| r.row);
+        (rows, server.stats())
+    }
+
+    #[test]
+    fn params_reach_the_server_and_rows_override_them() {
+        let (rows, stats) = run_on_mock(
+            serde_json::json!({"params": {"seed": 1, "top_p": 0.5},
+                "headers": {"x-title": "evals", "x-gw-key": "hidden-123456"}}),
+            &[
+                r#"[{"role":"user","content":"plain"}]"#,
+                r#"{"messages":[{"role":"user","content":"own"}],"params":{"seed":2,"model":"o4-mini","max_completion_tokens":50}}"#,
+            ],
+        );
+        assert!(rows.iter().all(|r| r.ok), "{rows:?}");
+        assert_eq!(stats.params["seed"], 2);
+        assert_eq!(stats.params["top_p"], 2);
+        assert_eq!(stats.params["max_completion_tokens"], 1);
+        assert_eq!(stats.params.get("max_tokens"), None);
+        assert_eq!(stats.headers["x-title"], 2);
+        assert_eq!(stats.headers["x-gw-key"], 2);
+        // The row that named a reasoning model got its reasoning tokens counted.
+        assert_eq!(rows[0].reasoning_tokens, None);
+        assert_eq!(rows[1].reasoning_tokens, Some(2));
+        assert_eq!(rows[1].completion_tokens, Some(4));
+        assert_ne!(rows[0].request_hash, rows[1].request_hash);
+    }
+
+    #[test]
+    fn a_reasoning_model_run_with_max_tokens_succeeds() {
+        for stream in [false, true] {
+            let (rows, stats) = run_on_mock(
+                serde_json::json!({"model": "gpt-5-mini", "max_tokens": 256, "stream": stream}),
+                &[r#"[{"role":"user","content":"why"}]"#],
+            );
+            assert!(rows[0].ok, "{:?}", rows[0].error);
+            assert_eq!(stats.params["max_completion_tokens"], 1);
+            assert_eq!(rows[0].reasoning_tokens, Some(2));
+        }
+    }
+
+    #[test]
+    fn tool_calls_cache_and_raw_land_in_the_result() {
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]);
+        for stream in [false, true] {
+            for provider in ["openai", "anthropic"] {
+                let (tools, system) = if provider == "openai" {
+                    (tools.clone(), serde_json::json!("Be brief please."))
+                } else {
+                    (
+                        serde_json::json!([{"name": "lookup", "input_schema": tools[0]["function"]["parameters"]}]),
+                        serde_json::json!("Be brief please."),
+                    )
+                };
+                let (rows, _) = run_on_mock(
+                    serde_json::json!({"provider": provider, "stream": stream, "keep_raw": true,
+                        "system": system, "params": {"tools": tools}}),
+                    &[
+                        r#"[{"role":"user","content":"please lookup this"}]"#,
+                        r#"[{"role":"user","content":"no tool here"}]"#,
+                    ],
+                );
+                let what = format!("{provider} stream={stream}");
+                assert!(rows.iter().all(|r| r.ok), "{what}: {rows:?}");
+                let calls: serde_json::Value =
+                    serde_json::from_str(rows[0].tool_calls.as_deref().expect("tool calls"))
+                        .unwrap();
+                assert_eq!(calls[0]["function"]["name"], "lookup", "{what}");
+                assert_eq!(calls[0]["type"], "function");
+                let arguments: serde_json::Value =
+                    serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap())
+                        .unwrap();
+                assert_eq!(arguments, serde_json::json!({"q": ""}), "{what}");
+                assert_eq!(rows[1].tool_calls, None);
+                assert_eq!(rows[1].output.as_deref(), Some("Echo: no tool here"));
+                // The system prompt (3 words) was cached after the first answer.
+                let cached = |r: &RowResult| r.cached_prompt_tokens.unwrap_or(0);
+                assert_eq!(cached(&rows[0]) + cached(&rows[1]), 3, "{what}");
+                if provider == "anthropic" {
+                    assert_eq!(rows[0].cache_write_tokens, Some(3), "{what}");
+                    // The whole prompt, as OpenAI counts it: input + cache read + cache write.
+                    assert_eq!(rows[0].prompt_tokens, Some(6), "{what}");
+                    assert_eq!(rows[1].prompt_tokens, Some(6), "{what}");
+                }
+                let raw: serde_json::Value =
+                    serde_json::from_str(rows[1].raw.as_deref().expect("raw")).unwrap();
+                let text = if provider == "openai" {
+                    raw["choices"][0]["message"]["content"].clone()
+                } else {
+                    raw["content"][0]["text"].clone()
+                };
+                assert_eq!(text, "Echo: no tool here", "{what}: {raw}");
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::executor::{Executor as NativeExecutor, Job, Poll};
 use crate::limiter::Pacing;
 use crate::metrics::{self, MetricsServer as NativeMetricsServer};
 use crate::mock::{MockConfig, MockServer as NativeMockServer};
-use crate::provider::{Message, Messages};
+use crate::provider::{self, Message, RowPayload};
 use crate::runtime::runtime;
 use crate::wal;
 use arrow_array::ffi::{from_ffi, to_ffi, FFI_ArrowArray, FFI_ArrowSchema};
@@ -84,8 +84,9 @@ impl Executor {
         Ok(Self { inner })
     }
 
-    /// Queues rows (`rows[i]` is the position of `payloads[i]`, a JSON array of messages);
-    /// blocks while the queue is full.
+    /// Queues rows (`rows[i]` is the position of `payloads[i]`: a JSON array of messages, or
+    /// an object `{"messages": [...], "params": {...}}` whose params override the run's for
+    /// that row); blocks while the queue is full.
     fn submit(&self, py: Python<'_>, rows: Vec<u64>, payloads: Vec<String>) -> PyResult<()> {
         if rows.len() != payloads.len() {
             return Err(PyValueError::new_err("rows and payloads differ in length"));
@@ -94,7 +95,7 @@ impl Executor {
     }
 
     /// [`submit`](Self::submit) with Arrow arrays (anything with `__arrow_c_array__`): `rows`
-    /// int64 positions and `payloads` (large) strings, each a JSON array of messages. The
+    /// int64 positions and `payloads` (large) strings, each a payload as in `submit`. The
     /// strings are read in place: no Python string per row.
     fn submit_arrow(
         &self,
@@ -232,13 +233,13 @@ impl Executor {
 }
 
 impl Executor {
-    /// Queues (row, messages JSON) pairs; a payload that is not a messages array fails the call
-    /// before anything is queued.
+    /// Queues (row, payload JSON) pairs; a payload that is not valid fails the call before
+    /// anything is queued.
     fn submit_jobs(&self, pairs: impl Iterator<Item = (u64, String)>) -> PyResult<()> {
         let jobs = pairs
             .map(|(row, payload)| {
-                Messages::from_json(payload)
-                    .map(|messages| Job { row, messages })
+                RowPayload::from_json(payload)
+                    .map(|payload| Job::new(row, payload))
                     .map_err(|e| {
                         PyValueError::new_err(format!("row {row}: messages are not valid: {e}"))
                     })
@@ -318,6 +319,14 @@ fn result_schema() -> ResultSchema {
     ResultSchema
 }
 
+/// Whether `name` is an OpenAI reasoning model (o1, o3, o4, gpt-5 and their variants): the
+/// request builder then sends `max_completion_tokens`, and the model refuses a non-default
+/// temperature. The one rule, `provider::is_reasoning_model`.
+#[pyfunction]
+fn is_reasoning_model(name: &str) -> bool {
+    provider::is_reasoning_model(name)
+}
+
 /// The project's mock OpenAI/Anthropic server, serving on the shared runtime until stopped.
 #[pyclass(module = "runner._native", frozen)]
 struct MockServer {
@@ -376,7 +385,8 @@ impl MockServer {
 /// What a request's task hands to its [`ChunkStream`].
 enum Item {
     Delta(String),
-    Done(Result<Response, NativeClientError>),
+    /// Boxed: an answer is large next to a delta, and there is one per request.
+    Done(Box<Result<Response, NativeClientError>>),
 }
 
 /// A model client: one connection pool on the shared runtime, shared by every request.
@@ -411,7 +421,7 @@ impl ModelClient {
                     let _ = tx.send(Item::Delta(piece.to_string()));
                 })
                 .await;
-            let _ = tx.send(Item::Done(result));
+            let _ = tx.send(Item::Done(Box::new(result)));
         });
         Ok(ChunkStream {
             rx: Arc::new(AsyncMutex::new(rx)),
@@ -510,8 +520,10 @@ fn item_value(py: Python<'_>, item: Option<Item>) -> PyResult<Py<PyAny>> {
     match item {
         None => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
         Some(Item::Delta(piece)) => Ok(piece.into_pyobject(py)?.into_any().unbind()),
-        Some(Item::Done(Ok(response))) => Ok(answer(py, &response)?.into_any().unbind()),
-        Some(Item::Done(Err(err))) => Err(client_error(err)),
+        Some(Item::Done(done)) => match *done {
+            Ok(response) => Ok(answer(py, &response)?.into_any().unbind()),
+            Err(err) => Err(client_error(err)),
+        },
     }
 }
 
@@ -562,6 +574,11 @@ fn answer<'py>(py: Python<'py>, response: &Response) -> PyResult<Bound<'py, PyDi
     dict.set_item("finish_reason", &c.finish_reason)?;
     dict.set_item("prompt_tokens", c.prompt_tokens)?;
     dict.set_item("completion_tokens", c.completion_tokens)?;
+    dict.set_item("refusal", &c.refusal)?;
+    dict.set_item("tool_calls", &c.tool_calls)?;
+    dict.set_item("reasoning_tokens", c.reasoning_tokens)?;
+    dict.set_item("cached_prompt_tokens", c.cached_prompt_tokens)?;
+    dict.set_item("cache_write_tokens", c.cache_write_tokens)?;
     dict.set_item("latency_ms", response.latency.as_secs_f64() * 1000.0)?;
     dict.set_item("ttft_ms", response.ttft.map(|d| d.as_secs_f64() * 1000.0))?;
     dict.set_item("attempts", response.attempts)?;
@@ -676,6 +693,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     m.add_function(wrap_pyfunction!(read_log, m)?)?;
     m.add_function(wrap_pyfunction!(result_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(is_reasoning_model, m)?)?;
     m.add("ClientError", py.get_type::<ClientError>())?;
     let wait = wrap_pyfunction!(wait_for_deliveries, m)?;
     py.import("atexit")?.call_method1("register", (wait,))?;

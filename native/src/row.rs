@@ -5,14 +5,37 @@ use crate::error::ErrorType;
 use serde::{Deserialize, Serialize};
 
 /// The outcome of one row, after all its attempts (also a record of the run's log, `wal.rs`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Fields added after the log's first version are optional in a record (`serde(default)`) and
+/// left out of it when empty, so logs written before and after them read alike.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RowResult {
     pub row: u64,
     pub ok: bool,
+    /// The first choice's text (its refusal when it has no content); with `n > 1` the other
+    /// choices are only in `raw`.
     pub output: Option<String>,
+    /// The model's refusal (OpenAI `message.refusal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// The first choice's tool calls, a JSON array in OpenAI's shape (see
+    /// `provider::Completion::tool_calls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<String>,
     pub finish_reason: Option<String>,
+    /// The whole prompt, cached or not (for Anthropic: input + cache reads + cache writes).
     pub prompt_tokens: Option<u64>,
+    /// The whole reply, reasoning included.
     pub completion_tokens: Option<u64>,
+    /// Of `completion_tokens`, those spent reasoning (OpenAI reasoning models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_prompt_tokens: Option<u64>,
+    /// Of `prompt_tokens`, those written to the prompt cache (Anthropic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u64>,
     /// Duration of the last attempt (the one whose answer is recorded).
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
@@ -23,5 +46,8 @@ pub struct RowResult {
     /// Microseconds since the Unix epoch (UTC).
     pub started_at_us: i64,
     pub finished_at_us: i64,
+    /// The answer's JSON, when the run keeps it (`keep_raw`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
     pub request_hash: String,
 }

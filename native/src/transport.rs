@@ -8,7 +8,7 @@ use crate::headers;
 use crate::provider::{
     self, classify_status, Accumulator, Completion, PreparedRequest, ProviderKind, StreamStep,
 };
-use crate::secret::ApiKey;
+use crate::secret::{redact_secrets, ApiKey};
 use crate::sse::{self, SseError};
 use futures_util::{FutureExt, StreamExt};
 use std::time::{Duration, Instant, SystemTime};
@@ -52,7 +52,8 @@ pub struct Success {
 }
 
 /// A failed attempt, classified for the retry policy. `message` never contains request
-/// headers, and a key the provider echoes back is redacted from it.
+/// headers; a key (or credential header) the provider echoes back is redacted from it, and so
+/// is anything shaped like a provider key (see [`redact_secrets`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct AttemptError {
@@ -91,7 +92,8 @@ pub async fn send(
 }
 
 /// [`send`], also handing each streamed text delta to `on_delta` as it arrives (for printing
-/// a stream live). Not called for non-streaming requests.
+/// a stream live). Not called for non-streaming requests; a streaming request answered with a
+/// whole JSON body (some gateways do that) hands its whole text over as one delta.
 pub async fn send_with(
     client: &reqwest::Client,
     kind: ProviderKind,
@@ -114,27 +116,20 @@ pub async fn send_with(
         )),
     };
     result.map_err(|mut error| {
-        error.message = redact_key(req, &error.message);
+        error.message = redact(req, &error.message);
         error
     })
 }
 
-/// Providers echo keys (whole or masked) in 401 messages; remove them here, where the key is
-/// known, so no caller can print one by accident.
-fn redact_key(req: &PreparedRequest, message: &str) -> String {
-    let key = req
-        .target
-        .headers
-        .iter()
-        .find_map(|(name, value)| match *name {
-            "authorization" => Some(value.strip_prefix("Bearer ").unwrap_or(value)),
-            "x-api-key" | "api-key" => Some(value.as_str()),
-            _ => None,
-        });
-    match key {
-        Some(key) => ApiKey::new(key).redact(message),
-        None => message.to_string(),
+/// Providers echo keys (whole or masked) in 401 messages, and gateways relay their upstream's:
+/// remove ours and any credential header's value here, where they are known, then anything
+/// shaped like a provider key, so no caller can print one by accident.
+fn redact(req: &PreparedRequest, message: &str) -> String {
+    let mut message = message.to_string();
+    for credential in req.target.credentials() {
+        message = ApiKey::new(credential).redact(&message);
     }
+    redact_secrets(&message)
 }
 
 async fn attempt(
@@ -188,7 +183,7 @@ async fn attempt(
             .map_err(|e| request_error(&e, Some(status)))?;
         // A server that ignores `stream: true` still sent a whole answer, not a partial one;
         // a JSON error with a 200 (some gateways) fails to parse and is reported as such.
-        let completion = provider::parse_response(kind, &body).map_err(|message| {
+        let mut completion = provider::parse_response(kind, &body).map_err(|message| {
             let message = if stream {
                 let error = provider::error_message(kind, &body);
                 format!("expected an event stream, got JSON: {error}")
@@ -197,6 +192,13 @@ async fn attempt(
             };
             AttemptError::new(ErrorType::InvalidResponse, Some(status), message)
         })?;
+        if stream && !completion.text.is_empty() {
+            // The caller prints a stream from its deltas: the whole answer is its one delta.
+            on_delta(&completion.text);
+        }
+        if req.target.keep_raw {
+            completion.raw = Some(String::from_utf8_lossy(&body).into_owned());
+        }
         return Ok(Success {
             completion,
             http_status: status,
@@ -206,7 +208,7 @@ async fn attempt(
     }
 
     let mut events = std::pin::pin!(sse::events(response.bytes_stream()));
-    let mut acc = Accumulator::new(kind);
+    let mut acc = Accumulator::keeping_raw(kind, req.target.keep_raw);
     let mut ttft = None;
     while let Some(item) = events.next().await {
         let event = match item {
@@ -389,6 +391,17 @@ mod tests {
     }
 
     fn request(kind: ProviderKind, base: &str, stream: bool) -> PreparedRequest {
+        request_with(kind, base, stream, &[], false)
+    }
+
+    /// [`request`] with extra headers, keeping raw answers or not.
+    fn request_with(
+        kind: ProviderKind,
+        base: &str,
+        stream: bool,
+        headers: &[(String, String)],
+        keep_raw: bool,
+    ) -> PreparedRequest {
         let params = RequestParams {
             model: "m".into(),
             stream,
@@ -399,23 +412,32 @@ mod tests {
             content: serde_json::json!("hi"),
         }];
         let base = match kind {
-            ProviderKind::OpenAi => format!("{base}/v1"),
+            ProviderKind::OpenAi | ProviderKind::Azure => format!("{base}/v1"),
             ProviderKind::Anthropic => base.to_string(),
         };
-        prepare(kind, &base, &ApiKey::new(KEY), &params, &messages)
+        let key = ApiKey::new(KEY);
+        let mut endpoint = crate::provider::Endpoint::new(kind, &base, &key);
+        endpoint.headers = headers;
+        endpoint.keep_raw = keep_raw;
+        crate::provider::prepare_parsed(kind, &endpoint.target(), &params, &messages, None)
     }
 
     async fn call(kind: ProviderKind, reply: Reply, stream: bool) -> Result<Success, AttemptError> {
+        call_with(kind, reply, stream, &[], false).await
+    }
+
+    /// [`call`] with extra headers, keeping raw answers or not.
+    async fn call_with(
+        kind: ProviderKind,
+        reply: Reply,
+        stream: bool,
+        headers: &[(String, String)],
+        keep_raw: bool,
+    ) -> Result<Success, AttemptError> {
         let base = serve(reply).await;
         let client = build_client(4);
-        send(
-            &client,
-            kind,
-            &request(kind, &base, stream),
-            stream,
-            Duration::from_secs(5),
-        )
-        .await
+        let req = request_with(kind, &base, stream, headers, keep_raw);
+        send(&client, kind, &req, stream, Duration::from_secs(5)).await
     }
 
     const SSE_HEAD: &str =
@@ -592,10 +614,29 @@ mod tests {
         let body = r#"{"choices":[{"message":{"content":"whole"},"finish_reason":"stop"}]}"#;
         let head = ["content-type: application/json"];
         let reply = Reply::Writes(vec![response("200 OK", &head, body)]);
-        let ok = call(ProviderKind::OpenAi, reply, true)
+        let base = serve(reply).await;
+        let req = request(ProviderKind::OpenAi, &base, true);
+        let mut pieces = Vec::new();
+        let ok = send_with(
+            &build_client(1),
+            ProviderKind::OpenAi,
+            &req,
+            true,
+            Duration::from_secs(5),
+            |piece| pieces.push(piece.to_string()),
+        )
+        .await
+        .expect("complete JSON");
+        assert_eq!((ok.completion.text.as_str(), ok.ttft), ("whole", None));
+        // Whoever prints the stream from its deltas gets the whole answer as one.
+        assert_eq!(pieces, ["whole"]);
+        // An Anthropic gateway doing the same.
+        let body = r#"{"type":"message","content":[{"type":"text","text":"entier"}],"stop_reason":"end_turn","usage":{"input_tokens":3,"output_tokens":1}}"#;
+        let reply = Reply::Writes(vec![response("200 OK", &head, body)]);
+        let ok = call(ProviderKind::Anthropic, reply, true)
             .await
             .expect("complete JSON");
-        assert_eq!((ok.completion.text.as_str(), ok.ttft), ("whole", None));
+        assert_eq!(ok.completion.text, "entier");
         let body = r#"{"error":{"message":"upstream failed","type":"server_error"}}"#;
         let reply = Reply::Writes(vec![response("200 OK", &head, body)]);
         let err = call(ProviderKind::OpenAi, reply, true)
@@ -603,6 +644,72 @@ mod tests {
             .expect_err("JSON error");
         assert_eq!(err.kind, ErrorType::InvalidResponse);
         assert!(err.message.contains("upstream failed"));
+    }
+
+    #[tokio::test]
+    async fn a_credential_that_is_not_ours_is_redacted_too() {
+        // A gateway relaying its upstream's 401, echoing the upstream key and a token.
+        let body = r#"{"error":{"message":"Upstream said: Incorrect API key provided: up-stream-key-99. Key sk-proj-Upstream0123456789abc; header Bearer abcdefghijklmnop","type":"auth_error"}}"#;
+        let reply = Reply::Writes(vec![response("401 Unauthorized", &[], body)]);
+        let err = call(ProviderKind::OpenAi, reply, false)
+            .await
+            .expect_err("401");
+        assert_eq!(err.kind, ErrorType::Auth);
+        for leak in ["up-stream-key", "Upstream0123", "abcdefghijklmnop"] {
+            assert!(!err.message.contains(leak), "{}", err.message);
+        }
+        assert!(err.message.contains("Incorrect API key provided: ***"));
+    }
+
+    #[tokio::test]
+    async fn a_credential_header_echoed_back_is_redacted() {
+        let secret = "gateway-token-5f2e9a";
+        let body = format!(r#"{{"error":{{"message":"bad token {secret} for x-gw-token"}}}}"#);
+        let reply = Reply::Writes(vec![response("403 Forbidden", &[], &body)]);
+        let headers = [
+            ("x-gw-token".to_string(), secret.to_string()),
+            ("x-title".to_string(), "evals".to_string()),
+        ];
+        let err = call_with(ProviderKind::OpenAi, reply, false, &headers, false)
+            .await
+            .expect_err("403");
+        assert!(!err.message.contains(secret), "{}", err.message);
+        assert!(err.message.contains("x-gw-token"));
+    }
+
+    #[tokio::test]
+    async fn keep_raw_keeps_the_body_or_the_assembled_stream() {
+        let body = r#"{"id":"c1","choices":[{"index":0,"message":{"content":"a"},"finish_reason":"stop"},{"index":1,"message":{"content":"b"},"finish_reason":"stop"}]}"#;
+        let head = ["content-type: application/json"];
+        let reply = Reply::Writes(vec![response("200 OK", &head, body)]);
+        let ok = call_with(ProviderKind::OpenAi, reply, false, &[], true)
+            .await
+            .expect("ok");
+        // n = 2: the output is the first choice, the raw body keeps both.
+        assert_eq!(ok.completion.text, "a");
+        assert_eq!(ok.completion.raw.as_deref(), Some(body));
+
+        let events = [
+            "data: {\"id\":\"c2\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}},{\"index\":1,\"delta\":{\"content\":\"Yo\"}}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"stop\"},{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":2,\"prompt_tokens_details\":{\"cached_tokens\":1}}}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let mut writes = vec![SSE_HEAD.to_string()];
+        writes.extend(events.iter().map(|e| chunk(e)));
+        writes.push("0\r\n\r\n".into());
+        let ok = call_with(ProviderKind::OpenAi, Reply::Writes(writes), true, &[], true)
+            .await
+            .expect("ok");
+        assert_eq!(ok.completion.text, "Hi");
+        assert_eq!(ok.completion.cached_prompt_tokens, Some(1));
+        let raw: serde_json::Value =
+            serde_json::from_str(ok.completion.raw.as_deref().expect("raw")).unwrap();
+        assert_eq!(raw["id"], "c2");
+        assert_eq!(raw["choices"][0]["message"]["content"], "Hi");
+        assert_eq!(raw["choices"][1]["message"]["content"], "Yo");
+        assert_eq!(raw["choices"][1]["finish_reason"], "stop");
+        assert_eq!(raw["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
     }
 
     #[test]

@@ -172,6 +172,7 @@ mod tests {
             started_at_us: 1_700_000_000_000_000 + n as i64,
             finished_at_us: 1_700_000_000_001_500 + n as i64,
             request_hash: format!("h{n}"),
+            ..RowResult::default()
         }
     }
 
@@ -240,6 +241,47 @@ mod tests {
         }
         let missing = dir.join("t-000009.wal");
         assert_eq!(read(&[&missing]).unwrap().rows.len(), 0);
+    }
+
+    #[test]
+    fn records_of_an_older_log_read_and_the_new_fields_round_trip() {
+        // A record as the log wrote it before refusal, tool calls, cache and reasoning tokens
+        // and raw existed.
+        let old = r#"{"row":4,"ok":true,"output":"Echo: a","finish_reason":"stop","prompt_tokens":3,"completion_tokens":2,"latency_ms":1.0,"ttft_ms":null,"attempts":1,"http_status":200,"error_type":null,"error":null,"started_at_us":1,"finished_at_us":2,"request_hash":"h4"}"#;
+        let back: RowResult = serde_json::from_str(old).unwrap();
+        assert_eq!((back.row, back.output.as_deref()), (4, Some("Echo: a")));
+        assert_eq!(
+            (back.tool_calls, back.cached_prompt_tokens, back.raw),
+            (None, None, None)
+        );
+        // Empty new fields are left out of a record, so it is as short as before.
+        let plain = String::from_utf8(encode(&row(1, true))[HEADER..].to_vec()).unwrap();
+        assert!(
+            !plain.contains("refusal") && !plain.contains("raw"),
+            "{plain}"
+        );
+        let mut full = row(2, true);
+        full.refusal = Some("no".into());
+        full.tool_calls = Some("[]".into());
+        full.reasoning_tokens = Some(5);
+        full.cached_prompt_tokens = Some(6);
+        full.cache_write_tokens = Some(7);
+        full.raw = Some("{\"id\":1}".into());
+        let dir = dir();
+        let mut log = Log::new(dir.join("n-"));
+        write(&mut log, &[full.clone()]);
+        let back = read(&[log.roll().unwrap()]).unwrap().rows.remove(0);
+        assert_eq!(back.refusal, full.refusal);
+        assert_eq!(back.tool_calls, full.tool_calls);
+        assert_eq!(
+            (
+                back.reasoning_tokens,
+                back.cached_prompt_tokens,
+                back.cache_write_tokens
+            ),
+            (Some(5), Some(6), Some(7))
+        );
+        assert_eq!(back.raw, full.raw);
     }
 
     #[test]

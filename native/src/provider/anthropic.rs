@@ -3,13 +3,15 @@
 use super::raw::RawMessages;
 use super::Target;
 use super::{
-    describe_error_body, error_object, is_system_role, snippet, truncate, Completion, Content,
-    Message, OutMessage, PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage,
-    DEFAULT_MAX_TOKENS,
+    describe_error_body, error_object, is_system_role, snippet, tool_call_json, truncate,
+    Completion, Content, Extra, Message, OutMessage, Params, PreparedRequest, RequestParams,
+    StreamFailure, StreamStep, Usage, DEFAULT_MAX_TOKENS,
 };
 use crate::error::ErrorType;
 use crate::secret::ApiKey;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -18,8 +20,10 @@ pub const API_VERSION: &str = "2023-06-01";
 
 #[derive(Serialize)]
 struct Body<'a, M> {
-    model: &'a str,
-    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<Cow<'a, str>>,
     messages: M,
@@ -32,10 +36,13 @@ struct Body<'a, M> {
 /// prompt and any `system`/`developer` messages are joined (blank line between) into the
 /// top-level `system`; `max_tokens`, required by the API, defaults to [`DEFAULT_MAX_TOKENS`].
 /// Other messages and their content (string or content blocks) are passed through as given.
+/// Params (the run's, then the row's: `row`) are merged in last and win (see [`Extra`]):
+/// `thinking`, `top_k`, `stop_sequences`, `tools`, `output_config`, even `system`.
 pub fn prepare(
     target: &Arc<Target>,
     params: &RequestParams,
     messages: &[Message],
+    row: Option<&Params>,
 ) -> PreparedRequest {
     let mut system_parts: Vec<Cow<'_, str>> = Vec::new();
     if let Some(system) = params.system.as_deref() {
@@ -58,7 +65,7 @@ pub fn prepare(
         1 => system_parts.pop(),
         _ => Some(Cow::Owned(system_parts.join("\n\n"))),
     };
-    request(target, params, system, out)
+    request(target, params, system, out, row)
 }
 
 /// `{base}/v1/messages` with `x-api-key` and `anthropic-version`.
@@ -79,12 +86,13 @@ pub fn prepare_raw(
     target: &Arc<Target>,
     params: &RequestParams,
     messages: &RawMessages,
+    row: Option<&Params>,
 ) -> PreparedRequest {
     if messages.has_system {
-        return prepare(target, params, &messages.parsed());
+        return prepare(target, params, &messages.parsed(), row);
     }
     let system = params.system.as_deref().map(Cow::Borrowed);
-    request(target, params, system, messages.json())
+    request(target, params, system, messages.json(), row)
 }
 
 fn request<M: Serialize>(
@@ -92,61 +100,106 @@ fn request<M: Serialize>(
     params: &RequestParams,
     system: Option<Cow<'_, str>>,
     messages: M,
+    row: Option<&Params>,
 ) -> PreparedRequest {
+    let extra = Extra::new(params.extra.as_deref(), row);
     let body = Body {
-        model: &params.model,
-        max_tokens: params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-        system,
+        model: (!extra.has("model")).then_some(params.model.as_str()),
+        max_tokens: (!extra.has("max_tokens"))
+            .then(|| params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+        system: system.filter(|_| !extra.has("system")),
         messages,
-        temperature: params.temperature,
+        temperature: params.temperature.filter(|_| !extra.has("temperature")),
         stream: params.stream,
     };
+    // Serializing borrowed strings and JSON values cannot fail.
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    extra.write_into(&mut bytes);
     PreparedRequest {
         target: Arc::clone(target),
-        // Serializing borrowed strings and JSON values cannot fail.
-        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        body: bytes.into(),
     }
 }
 
 /// The text of a system message: a string, or the `text` of each of its parts.
-fn content_text(content: &serde_json::Value) -> Vec<Cow<'_, str>> {
+fn content_text(content: &Value) -> Vec<Cow<'_, str>> {
     match content {
-        serde_json::Value::String(s) => vec![Cow::Borrowed(s.as_str())],
-        serde_json::Value::Array(parts) => parts
+        Value::String(s) => vec![Cow::Borrowed(s.as_str())],
+        Value::Array(parts) => parts
             .iter()
             .filter_map(|p| p.get("text")?.as_str())
             .map(Cow::Borrowed)
             .collect(),
-        serde_json::Value::Null => Vec::new(),
+        Value::Null => Vec::new(),
         other => vec![Cow::Owned(other.to_string())],
     }
 }
 
 #[derive(Deserialize)]
-struct Response {
+struct Response<'a> {
     #[serde(rename = "type", default)]
     kind: Option<String>,
-    #[serde(default)]
-    content: Vec<Block>,
+    #[serde(default, borrow)]
+    content: Vec<Block<'a>>,
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
-    error: Option<serde_json::Value>,
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct Block {
+struct Block<'a> {
     #[serde(rename = "type", default)]
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
 }
 
-/// Reads a non-streaming response: the concatenated text blocks, `stop_reason` and usage.
+/// A tool's input JSON as compact text (`{}` when there is none).
+fn arguments_text(input: &str) -> String {
+    match serde_json::from_str::<Value>(input) {
+        Ok(value) => value.to_string(),
+        Err(_) if input.trim().is_empty() => "{}".to_string(),
+        Err(_) => input.to_string(),
+    }
+}
+
+/// Applies Anthropic usage: the prompt is `input_tokens` plus the cache's reads and writes.
+fn apply_usage(completion: &mut Completion, input: &mut Option<u64>, usage: Usage) {
+    if usage.prompt_tokens.is_some() {
+        *input = usage.prompt_tokens;
+    }
+    if usage.completion_tokens.is_some() {
+        completion.completion_tokens = usage.completion_tokens;
+    }
+    if usage.cache_read_input_tokens.is_some() {
+        completion.cached_prompt_tokens = usage.cache_read_input_tokens;
+    }
+    if usage.cache_creation_input_tokens.is_some() {
+        completion.cache_write_tokens = usage.cache_creation_input_tokens;
+    }
+    let parts = [
+        *input,
+        completion.cached_prompt_tokens,
+        completion.cache_write_tokens,
+    ];
+    if parts.iter().any(Option::is_some) {
+        completion.prompt_tokens = Some(parts.iter().flatten().sum());
+    }
+}
+
+/// Reads a non-streaming response: the concatenated text blocks, `tool_use` blocks as tool
+/// calls, `stop_reason` and usage.
 pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
-    let response: Response = serde_json::from_slice(body)
+    let response: Response<'_> = serde_json::from_slice(body)
         .map_err(|e| format!("response is not Messages JSON ({e}): {}", snippet(body)))?;
     if response.kind.as_deref() == Some("error") || response.error.is_some() {
         let message = response
@@ -166,13 +219,29 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
         .filter(|b| b.kind == "text")
         .filter_map(|b| b.text.as_deref())
         .collect();
-    let usage = response.usage.unwrap_or_default();
-    Ok(Completion {
+    let calls: Vec<Value> = response
+        .content
+        .iter()
+        .filter(|b| b.kind == "tool_use")
+        .map(|b| {
+            let arguments = arguments_text(b.input.map_or("", RawValue::get));
+            tool_call_json(
+                b.id.as_deref().unwrap_or_default(),
+                b.name.as_deref().unwrap_or_default(),
+                &arguments,
+            )
+        })
+        .collect();
+    let mut completion = Completion {
         text,
         finish_reason: response.stop_reason,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-    })
+        tool_calls: (!calls.is_empty()).then(|| Value::Array(calls).to_string()),
+        ..Completion::default()
+    };
+    if let Some(usage) = response.usage {
+        apply_usage(&mut completion, &mut None, usage);
+    }
+    Ok(completion)
 }
 
 /// The message of `{"type":"error","error":{"type","message"}}`, else the body, shortened.
@@ -192,6 +261,8 @@ struct Event<'a> {
     #[serde(rename = "type", default, borrow)]
     kind: Option<Cow<'a, str>>,
     #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
     message: Option<StartMessage>,
     #[serde(default, borrow)]
     content_block: Option<EventBlock<'a>>,
@@ -200,11 +271,15 @@ struct Event<'a> {
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
-    error: Option<serde_json::Value>,
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct StartMessage {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default)]
     usage: Option<Usage>,
 }
@@ -215,6 +290,10 @@ struct EventBlock<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -223,8 +302,26 @@ struct EventDelta<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
     #[serde(default)]
     stop_reason: Option<String>,
+}
+
+/// Blocks beyond this index are ignored, so that a stray index cannot grow memory.
+const MAX_BLOCKS: u32 = 1024;
+
+/// A content block being streamed: tool calls always, every block with `keep_raw`.
+#[derive(Debug, Default)]
+struct BlockParts {
+    index: u32,
+    kind: String,
+    /// Text (a text block), thinking (a thinking block) or input JSON (a tool_use block).
+    body: String,
+    id: String,
+    name: String,
 }
 
 /// Assembles a streamed message: `message_start`, `content_block_*`, `message_delta`,
@@ -233,11 +330,30 @@ struct EventDelta<'a> {
 pub struct StreamAccumulator {
     completion: Completion,
     done: bool,
+    keep_raw: bool,
+    /// `input_tokens` as last reported (the part of the prompt the cache did not serve).
+    input_tokens: Option<u64>,
+    blocks: Vec<BlockParts>,
+    id: Option<String>,
+    model: Option<String>,
 }
 
 impl StreamAccumulator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// One that also assembles the whole message as JSON ([`Completion::raw`]).
+    pub fn keeping_raw(keep_raw: bool) -> Self {
+        Self {
+            keep_raw,
+            ..Self::default()
+        }
+    }
+
+    fn block(&mut self, index: Option<u32>) -> Option<&mut BlockParts> {
+        let index = index?;
+        self.blocks.iter_mut().find(|b| b.index == index)
     }
 
     /// Feeds one event. The SSE event name decides; the data's `type` stands in when the
@@ -261,31 +377,76 @@ impl StreamAccumulator {
         };
         match name {
             "message_start" => {
-                if let Some(usage) = parsed.message.and_then(|m| m.usage) {
-                    self.apply_usage(usage);
+                if let Some(message) = parsed.message {
+                    if let Some(usage) = message.usage {
+                        apply_usage(&mut self.completion, &mut self.input_tokens, usage);
+                    }
+                    self.id = message.id;
+                    self.model = message.model;
                 }
                 Ok(StreamStep::Continue)
             }
             "content_block_start" => {
-                let text = parsed
-                    .content_block
-                    .filter(|b| b.kind.as_deref() == Some("text"))
-                    .and_then(|b| b.text);
+                let Some(block) = parsed.content_block else {
+                    return Ok(StreamStep::Continue);
+                };
+                let kind = block.kind.as_deref().unwrap_or_default();
+                let index = parsed.index.unwrap_or(self.blocks.len() as u32);
+                if (self.keep_raw || kind == "tool_use") && index <= MAX_BLOCKS {
+                    self.blocks.push(BlockParts {
+                        index,
+                        kind: kind.to_string(),
+                        body: match (kind, &block.text) {
+                            ("text", Some(text)) if self.keep_raw => text.to_string(),
+                            _ => String::new(),
+                        },
+                        id: block.id.unwrap_or_default(),
+                        name: block.name.unwrap_or_default(),
+                    });
+                }
+                let text = block.text.filter(|_| kind == "text");
                 Ok(self.append(text))
             }
             "content_block_delta" => {
-                let text = parsed
-                    .delta
-                    .filter(|d| d.kind.as_deref() == Some("text_delta"))
-                    .and_then(|d| d.text);
-                Ok(self.append(text))
+                let Some(delta) = parsed.delta else {
+                    return Ok(StreamStep::Continue);
+                };
+                match delta.kind.as_deref() {
+                    Some("text_delta") => {
+                        if self.keep_raw {
+                            if let (Some(block), Some(text)) =
+                                (self.block(parsed.index), &delta.text)
+                            {
+                                block.body.push_str(text);
+                            }
+                        }
+                        Ok(self.append(delta.text))
+                    }
+                    Some("input_json_delta") => {
+                        if let (Some(block), Some(json)) =
+                            (self.block(parsed.index), delta.partial_json)
+                        {
+                            block.body.push_str(&json);
+                        }
+                        Ok(StreamStep::Continue)
+                    }
+                    Some("thinking_delta") => {
+                        if let (Some(block), Some(thinking)) =
+                            (self.block(parsed.index), delta.thinking)
+                        {
+                            block.body.push_str(&thinking);
+                        }
+                        Ok(StreamStep::Continue)
+                    }
+                    _ => Ok(StreamStep::Continue),
+                }
             }
             "message_delta" => {
                 if let Some(reason) = parsed.delta.and_then(|d| d.stop_reason) {
                     self.completion.finish_reason = Some(reason);
                 }
                 if let Some(usage) = parsed.usage {
-                    self.apply_usage(usage);
+                    apply_usage(&mut self.completion, &mut self.input_tokens, usage);
                 }
                 Ok(StreamStep::Continue)
             }
@@ -326,35 +487,69 @@ impl StreamAccumulator {
         }
     }
 
-    /// Counts arrive in pieces (input at the start, output cumulatively at the end), so only
-    /// the ones present overwrite what we have.
-    fn apply_usage(&mut self, usage: Usage) {
-        if usage.prompt_tokens.is_some() {
-            self.completion.prompt_tokens = usage.prompt_tokens;
-        }
-        if usage.completion_tokens.is_some() {
-            self.completion.completion_tokens = usage.completion_tokens;
-        }
-    }
-
     /// The text assembled so far.
     pub fn text(&self) -> &str {
         &self.completion.text
     }
 
     /// The completion, or `IncompleteStream` when `message_stop` never came.
-    pub fn finish(self) -> Result<Completion, StreamFailure> {
-        if self.done {
-            Ok(self.completion)
-        } else {
-            Err(StreamFailure::new(
+    pub fn finish(mut self) -> Result<Completion, StreamFailure> {
+        if !self.done {
+            return Err(StreamFailure::new(
                 ErrorType::IncompleteStream,
                 format!(
                     "stream ended before message_stop after {} bytes of text",
                     self.completion.text.len()
                 ),
-            ))
+            ));
         }
+        self.blocks.sort_by_key(|b| b.index);
+        let calls: Vec<Value> = self
+            .blocks
+            .iter()
+            .filter(|b| b.kind == "tool_use")
+            .map(|b| tool_call_json(&b.id, &b.name, &arguments_text(&b.body)))
+            .collect();
+        if !calls.is_empty() {
+            self.completion.tool_calls = Some(Value::Array(calls).to_string());
+        }
+        if self.keep_raw {
+            self.completion.raw = Some(self.raw_json().to_string());
+        }
+        Ok(self.completion)
+    }
+
+    /// The assembled `message` object: its blocks in order, stop reason and usage.
+    fn raw_json(&self) -> Value {
+        let content: Vec<Value> = self
+            .blocks
+            .iter()
+            .map(|b| match b.kind.as_str() {
+                "text" => json!({"type": "text", "text": b.body}),
+                "thinking" => json!({"type": "thinking", "thinking": b.body}),
+                "tool_use" => {
+                    let input: Value =
+                        serde_json::from_str(&arguments_text(&b.body)).unwrap_or(json!({}));
+                    json!({"type": "tool_use", "id": b.id, "name": b.name, "input": input})
+                }
+                other => json!({"type": other}),
+            })
+            .collect();
+        let c = &self.completion;
+        json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": c.finish_reason,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "cache_read_input_tokens": c.cached_prompt_tokens,
+                "cache_creation_input_tokens": c.cache_write_tokens,
+                "output_tokens": c.completion_tokens,
+            },
+        })
     }
 }
 
@@ -378,6 +573,7 @@ mod tests {
             max_tokens: None,
             stream: true,
             system: Some("Be brief.".into()),
+            extra: None,
         };
         let messages = [
             message("system", json!("Answer in French.")),
@@ -451,6 +647,11 @@ mod tests {
                 finish_reason: Some("end_turn".into()),
                 prompt_tokens: Some(10),
                 completion_tokens: Some(2),
+                tool_calls: Some(
+                    r#"[{"function":{"arguments":"{}","name":"f"},"id":"t","type":"function"}]"#
+                        .into()
+                ),
+                ..Completion::default()
             })
         );
         let error = br#"{"type":"error","error":{"type":"api_error","message":"Internal"}}"#;
@@ -527,6 +728,7 @@ mod tests {
                 finish_reason: Some("end_turn".into()),
                 prompt_tokens: Some(25),
                 completion_tokens: Some(15),
+                ..Completion::default()
             })
         );
     }

@@ -2,8 +2,12 @@
 //!
 //! CONTRACT (used by transport.rs and executor.rs; keep these names and signatures):
 //! `prepare`, `parse_response`, `error_message`, `Accumulator`, `StreamStep`, `StreamFailure`,
-//! `estimate_tokens`, `request_hash`, `classify_status`; for a row's [`Messages`]: `prepare_row`,
-//! `estimate_row_tokens`.
+//! `estimate_tokens`, `request_hash`, `classify_status`; for a row's [`Messages`] and its own
+//! [`Params`]: `prepare_row`, `estimate_row_tokens`.
+//!
+//! Body fields beyond the builder's own (`seed`, `tools`, `response_format`, ...) come from the
+//! run's params ([`RequestParams::extra`]) and a row's params; they are written after the
+//! builder's fields, and a field given there replaces the builder's (see [`Extra`]).
 
 pub mod anthropic;
 pub mod openai;
@@ -18,21 +22,50 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-/// Which wire format a run speaks.
+/// Which provider a run talks to. Azure OpenAI speaks OpenAI's wire format (bodies, answers,
+/// streams, errors) at its own URL and with its own key header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     OpenAi,
     Anthropic,
+    Azure,
 }
 
 impl ProviderKind {
-    /// The provider's name as users write it (`openai`, `anthropic`), e.g. in log fields.
+    /// The provider's name as users write it (`openai`, `anthropic`, `azure`), e.g. in log fields.
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
         }
+    }
+
+    /// Whether requests and answers are OpenAI Chat Completions JSON.
+    pub fn speaks_openai(self) -> bool {
+        matches!(self, ProviderKind::OpenAi | ProviderKind::Azure)
+    }
+}
+
+/// Body fields given by the user (a run's params, a row's params): a JSON object.
+pub type Params = serde_json::Map<String, serde_json::Value>;
+
+/// Fields the request builder owns and params may not set: the row's messages, and `stream`,
+/// which decides how the answer is read.
+pub const RESERVED_PARAMS: [&str; 2] = ["messages", "stream"];
+
+/// Checks user-given params: a JSON object without [`RESERVED_PARAMS`]. `what` names them in
+/// the message ("params", "row 3: params").
+pub fn check_params(params: &Params, what: &str) -> Result<(), String> {
+    match RESERVED_PARAMS
+        .iter()
+        .find(|name| params.contains_key(**name))
+    {
+        Some(name) => Err(format!(
+            "{what}: {name:?} is set by the request builder and cannot be a parameter"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -45,6 +78,104 @@ pub struct RequestParams {
     pub stream: bool,
     /// A system prompt added to every row's messages.
     pub system: Option<String>,
+    /// The run's own body fields, merged into every request after the builder's (see
+    /// [`Extra`]); `None` when there are none.
+    pub extra: Option<Arc<Params>>,
+}
+
+/// Whether `model` is of an OpenAI reasoning family: `o1`, `o3`, `o4` (any `o` followed by
+/// digits) and `gpt-5` (also `gpt-5.1`, ...), alone or followed by a `-suffix` (`o4-mini`,
+/// `o3-mini-2025-01-31`, `gpt-5-mini-2025-08-07`), case-insensitive, after any `provider/`
+/// prefix a gateway adds (`openai/o3`).
+///
+/// These models refuse `max_tokens` (they take `max_completion_tokens`, which counts reasoning
+/// tokens too) and any `temperature` but the default 1. For them the OpenAI and Azure request
+/// builders send the run's max tokens as `max_completion_tokens`; every other model gets
+/// `max_tokens`, the field OpenAI-compatible servers (vLLM, Ollama, gateways) know. The Python
+/// preflight reads the same rule (`_native.is_reasoning_model`), and so does the mock server.
+pub fn is_reasoning_model(model: &str) -> bool {
+    let name = model.rsplit('/').next().unwrap_or(model).as_bytes();
+    let ends_family = |rest: &[u8]| rest.is_empty() || rest[0] == b'-';
+    match name {
+        [b'o' | b'O', rest @ ..] => {
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            digits > 0 && ends_family(&rest[digits..])
+        }
+        _ if name.len() >= 5 && name[..5].eq_ignore_ascii_case(b"gpt-5") => {
+            let rest = &name[5..];
+            // gpt-5, gpt-5-mini, gpt-5.1, gpt-5.1-codex; not gpt-50.
+            ends_family(rest) || (rest[0] == b'.' && rest.len() > 1 && rest[1].is_ascii_digit())
+        }
+        _ => false,
+    }
+}
+
+/// A request's own fields beyond the builder's: the run's params, then a row's, the row's
+/// winning where both set a field. A field set here is left out by the builder and written
+/// from here instead, so the body never holds a key twice.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Extra<'a> {
+    run: Option<&'a Params>,
+    row: Option<&'a Params>,
+}
+
+impl<'a> Extra<'a> {
+    pub(crate) fn new(run: Option<&'a Params>, row: Option<&'a Params>) -> Self {
+        Self {
+            run: run.filter(|p| !p.is_empty()),
+            row: row.filter(|p| !p.is_empty()),
+        }
+    }
+
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.run.is_some_and(|p| p.contains_key(key))
+            || self.row.is_some_and(|p| p.contains_key(key))
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&'a serde_json::Value> {
+        self.row
+            .and_then(|p| p.get(key))
+            .or_else(|| self.run.and_then(|p| p.get(key)))
+    }
+
+    /// The model a params entry names, if any (Batch API lines carry their own).
+    pub(crate) fn model(&self) -> Option<&'a str> {
+        self.get("model").and_then(serde_json::Value::as_str)
+    }
+
+    /// An explicit reply budget (`max_completion_tokens`, else `max_tokens`), if any.
+    pub(crate) fn max_tokens(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|key| self.get(key)?.as_u64())
+    }
+
+    /// Writes the fields into `body`, a serialized JSON object with at least one field.
+    pub(crate) fn write_into(&self, body: &mut Vec<u8>) {
+        if self.run.is_none() && self.row.is_none() {
+            return;
+        }
+        if body.last() != Some(&b'}') {
+            return;
+        }
+        body.pop();
+        let row = self.row;
+        let run_only = self
+            .run
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| !row.is_some_and(|r| r.contains_key(*key)));
+        for (key, value) in run_only.chain(row.into_iter().flatten()) {
+            if body.len() > 1 {
+                body.push(b',');
+            }
+            // Keys and JSON values always serialize.
+            let _ = serde_json::to_writer(&mut *body, key);
+            body.push(b':');
+            let _ = serde_json::to_writer(&mut *body, value);
+        }
+        body.push(b'}');
+    }
 }
 
 /// One chat message as given by the dataset. `content` is a string or a list of content parts.
@@ -71,7 +202,12 @@ pub struct PreparedRequest {
 /// every row, so built once per run rather than per request.
 pub struct Target {
     pub url: String,
+    /// The provider's headers (the key among them).
     pub headers: Vec<(&'static str, String)>,
+    /// The user's extra headers, sent after the provider's (replacing one of the same name).
+    pub extra_headers: Vec<(String, String)>,
+    /// Keep each answer's JSON in [`Completion::raw`].
+    pub keep_raw: bool,
     /// `url` parsed and `headers` validated, as the HTTP client takes them; made on first use.
     http: OnceLock<Result<(reqwest::Url, HeaderMap), String>>,
 }
@@ -81,6 +217,8 @@ impl Target {
         Self {
             url,
             headers,
+            extra_headers: Vec::new(),
+            keep_raw: false,
             http: OnceLock::new(),
         }
     }
@@ -91,34 +229,124 @@ impl Target {
             .get_or_init(|| {
                 let url = reqwest::Url::parse(&self.url)
                     .map_err(|e| format!("invalid URL {}: {e}", self.url))?;
-                let mut headers = HeaderMap::with_capacity(self.headers.len());
+                let mut headers =
+                    HeaderMap::with_capacity(self.headers.len() + self.extra_headers.len());
                 for (name, value) in &self.headers {
                     let value = HeaderValue::from_str(value)
                         .map_err(|_| format!("invalid value for header {name}"))?;
                     headers.insert(HeaderName::from_static(name), value);
+                }
+                for (name, value) in &self.extra_headers {
+                    let (name, value) = header(name, value)?;
+                    headers.insert(name, value);
                 }
                 Ok((url, headers))
             })
             .as_ref()
             .map_err(String::as_str)
     }
+
+    /// Every credential this target sends: the key, and the values of extra headers whose
+    /// name looks like a credential (see [`crate::secret::is_credential_header`]).
+    pub fn credentials(&self) -> impl Iterator<Item = &str> {
+        let key = self.headers.iter().filter_map(|(name, value)| match *name {
+            "authorization" => Some(value.strip_prefix("Bearer ").unwrap_or(value)),
+            "x-api-key" | "api-key" => Some(value.as_str()),
+            _ => None,
+        });
+        let extra = self
+            .extra_headers
+            .iter()
+            .filter(|(name, _)| crate::secret::is_credential_header(name))
+            .map(|(_, value)| value.strip_prefix("Bearer ").unwrap_or(value));
+        key.chain(extra)
+    }
 }
 
-/// The [`Target`] of a run's requests.
+/// A user's header as reqwest takes it, or why it is unusable (naming it, never its value).
+pub fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let header_name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    let header_value =
+        HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
+    Ok((header_name, header_value))
+}
+
+/// The [`Target`] of a run's requests (for Azure, `base` is then the deployment's URL and no
+/// `api-version` is added: see [`Endpoint`]).
 pub fn target(kind: ProviderKind, base: &str, key: &ApiKey) -> Arc<Target> {
-    Arc::new(match kind {
-        ProviderKind::OpenAi => openai::target(base, key),
-        ProviderKind::Anthropic => anthropic::target(base, key),
-    })
+    Endpoint::new(kind, base, key).target()
+}
+
+/// Everything that decides where a run's requests go and what they carry besides the body.
+pub struct Endpoint<'a> {
+    pub kind: ProviderKind,
+    pub base: &'a str,
+    pub key: &'a ApiKey,
+    /// Azure: the deployment (the run's model) and the `api-version` query parameter. The URL
+    /// is then `{base}/openai/deployments/{deployment}/chat/completions?api-version=...`.
+    pub deployment: Option<&'a str>,
+    pub api_version: Option<&'a str>,
+    pub headers: &'a [(String, String)],
+    pub keep_raw: bool,
+}
+
+impl<'a> Endpoint<'a> {
+    pub fn new(kind: ProviderKind, base: &'a str, key: &'a ApiKey) -> Self {
+        Self {
+            kind,
+            base,
+            key,
+            deployment: None,
+            api_version: None,
+            headers: &[],
+            keep_raw: false,
+        }
+    }
+
+    pub fn target(&self) -> Arc<Target> {
+        let mut target = match self.kind {
+            ProviderKind::OpenAi => openai::target(self.base, self.key),
+            ProviderKind::Anthropic => anthropic::target(self.base, self.key),
+            ProviderKind::Azure => {
+                openai::azure_target(self.base, self.deployment, self.api_version, self.key)
+            }
+        };
+        target.extra_headers = self.headers.to_vec();
+        target.keep_raw = self.keep_raw;
+        Arc::new(target)
+    }
 }
 
 /// What a successful response (plain or assembled from a stream) carries.
+///
+/// Token counts follow OpenAI's meaning for both providers: `prompt_tokens` is the whole
+/// prompt, cached or not (Anthropic's `input_tokens` + `cache_read_input_tokens` +
+/// `cache_creation_input_tokens`), and `cached_prompt_tokens` / `cache_write_tokens` are parts
+/// of it; `completion_tokens` includes `reasoning_tokens`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Completion {
+    /// The first choice's text (its refusal when it has no content). With `n > 1` the other
+    /// choices are only in `raw`.
     pub text: String,
     pub finish_reason: Option<String>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// OpenAI `message.refusal` of the first choice.
+    pub refusal: Option<String>,
+    /// The first choice's tool calls as a JSON array in OpenAI's shape (`[{"id", "type":
+    /// "function", "function": {"name", "arguments"}}]`; Anthropic `tool_use` blocks are
+    /// converted to it, `arguments` being their `input` as JSON text).
+    pub tool_calls: Option<String>,
+    /// OpenAI `completion_tokens_details.reasoning_tokens`.
+    pub reasoning_tokens: Option<u64>,
+    /// OpenAI `prompt_tokens_details.cached_tokens`; Anthropic `cache_read_input_tokens`.
+    pub cached_prompt_tokens: Option<u64>,
+    /// Anthropic `cache_creation_input_tokens`.
+    pub cache_write_tokens: Option<u64>,
+    /// The answer's JSON as received (a streamed answer: the assembled message), when the run
+    /// keeps it ([`Target::keep_raw`]).
+    pub raw: Option<String>,
 }
 
 /// Builds the HTTP request for one row.
@@ -132,18 +360,22 @@ pub fn prepare(
     params: &RequestParams,
     messages: &[Message],
 ) -> PreparedRequest {
-    prepare_parsed(kind, &target(kind, base, key), params, messages)
+    prepare_parsed(kind, &target(kind, base, key), params, messages, None)
 }
 
-fn prepare_parsed(
+/// [`prepare`] to a [`Target`] built once, with a row's own params (`row`) if any.
+pub fn prepare_parsed(
     kind: ProviderKind,
     target: &Arc<Target>,
     params: &RequestParams,
     messages: &[Message],
+    row: Option<&Params>,
 ) -> PreparedRequest {
     match kind {
-        ProviderKind::OpenAi => openai::prepare(target, params, messages),
-        ProviderKind::Anthropic => anthropic::prepare(target, params, messages),
+        ProviderKind::OpenAi | ProviderKind::Azure => {
+            openai::prepare(target, params, messages, row)
+        }
+        ProviderKind::Anthropic => anthropic::prepare(target, params, messages, row),
     }
 }
 
@@ -164,34 +396,83 @@ impl Messages {
     }
 }
 
-/// [`prepare`] for a row's [`Messages`]; text messages go into the body as they are.
+/// What a row hands the executor: its messages and, optionally, its own params.
+#[derive(Debug)]
+pub struct RowPayload {
+    pub messages: Messages,
+    /// Body fields for this row only, over the run's (may set `model`); `None` when absent.
+    pub params: Option<Params>,
+}
+
+impl RowPayload {
+    /// Reads a row's payload: a JSON array of messages (the common form, kept as text when
+    /// plain: see [`Messages::from_json`]), or an object `{"messages": [...], "params": {...}}`.
+    pub fn from_json(text: String) -> Result<Self, String> {
+        if !text.trim_start().starts_with('{') {
+            let messages = Messages::from_json(text).map_err(|e| e.to_string())?;
+            return Ok(Self {
+                messages,
+                params: None,
+            });
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Object {
+            messages: Box<serde_json::value::RawValue>,
+            #[serde(default)]
+            params: Option<Params>,
+        }
+        let object: Object = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let params = object.params.filter(|p| !p.is_empty());
+        if let Some(params) = &params {
+            check_params(params, "params")?;
+        }
+        let messages =
+            Messages::from_json(object.messages.get().to_string()).map_err(|e| e.to_string())?;
+        Ok(Self { messages, params })
+    }
+}
+
+/// [`prepare`] for a row's [`Messages`] and params; text messages go into the body as they are.
 pub fn prepare_row(
     kind: ProviderKind,
     target: &Arc<Target>,
     params: &RequestParams,
     messages: &Messages,
+    row: Option<&Params>,
 ) -> PreparedRequest {
     match (messages, kind) {
-        (Messages::Parsed(messages), _) => prepare_parsed(kind, target, params, messages),
-        (Messages::Json(raw), ProviderKind::OpenAi) => openai::prepare_raw(target, params, raw),
+        (Messages::Parsed(messages), _) => prepare_parsed(kind, target, params, messages, row),
+        (Messages::Json(raw), ProviderKind::OpenAi | ProviderKind::Azure) => {
+            openai::prepare_raw(target, params, raw, row)
+        }
         (Messages::Json(raw), ProviderKind::Anthropic) => {
-            anthropic::prepare_raw(target, params, raw)
+            anthropic::prepare_raw(target, params, raw, row)
         }
     }
 }
 
-/// [`estimate_tokens`] for a row's [`Messages`].
-pub fn estimate_row_tokens(kind: ProviderKind, messages: &Messages, params: &RequestParams) -> u32 {
+/// [`estimate_tokens`] for a row's [`Messages`] and params.
+pub fn estimate_row_tokens(
+    kind: ProviderKind,
+    messages: &Messages,
+    params: &RequestParams,
+    row: Option<&Params>,
+) -> u32 {
+    let extra = Extra::new(params.extra.as_deref(), row);
     match messages {
-        Messages::Parsed(messages) => estimate_tokens(kind, messages, params),
-        Messages::Json(raw) => estimate(kind, raw.chars, raw.count, params),
+        Messages::Parsed(messages) => {
+            let chars = messages.iter().map(|m| content_chars(&m.content)).sum();
+            estimate(kind, chars, messages.len() as u64, params, extra)
+        }
+        Messages::Json(raw) => estimate(kind, raw.chars, raw.count, params, extra),
     }
 }
 
 /// Reads a non-streaming 2xx body into a [`Completion`]; `Err` explains what was wrong with it.
 pub fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Completion, String> {
     match kind {
-        ProviderKind::OpenAi => openai::parse_response(body),
+        ProviderKind::OpenAi | ProviderKind::Azure => openai::parse_response(body),
         ProviderKind::Anthropic => anthropic::parse_response(body),
     }
 }
@@ -199,7 +480,7 @@ pub fn parse_response(kind: ProviderKind, body: &[u8]) -> Result<Completion, Str
 /// The provider's own message from an error body, else the body itself, shortened.
 pub fn error_message(kind: ProviderKind, body: &[u8]) -> String {
     match kind {
-        ProviderKind::OpenAi => openai::error_message(body),
+        ProviderKind::OpenAi | ProviderKind::Azure => openai::error_message(body),
         ProviderKind::Anthropic => anthropic::error_message(body),
     }
 }
@@ -239,7 +520,7 @@ fn mentions_overload(body: &[u8]) -> bool {
 /// the provider's quota names, or a message holding one of its quota phrases.
 fn is_quota_body(kind: ProviderKind, body: &[u8]) -> bool {
     let (names, phrases) = match kind {
-        ProviderKind::OpenAi => (openai::QUOTA_NAMES, openai::QUOTA_PHRASES),
+        ProviderKind::OpenAi | ProviderKind::Azure => (openai::QUOTA_NAMES, openai::QUOTA_PHRASES),
         ProviderKind::Anthropic => (anthropic::QUOTA_NAMES, anthropic::QUOTA_PHRASES),
     };
     let fields = error_fields(body);
@@ -295,9 +576,18 @@ pub enum Accumulator {
 
 impl Accumulator {
     pub fn new(kind: ProviderKind) -> Self {
+        Self::keeping_raw(kind, false)
+    }
+
+    /// An accumulator that also assembles the whole message as JSON ([`Completion::raw`]).
+    pub fn keeping_raw(kind: ProviderKind, keep_raw: bool) -> Self {
         match kind {
-            ProviderKind::OpenAi => Accumulator::OpenAi(openai::StreamAccumulator::new()),
-            ProviderKind::Anthropic => Accumulator::Anthropic(anthropic::StreamAccumulator::new()),
+            ProviderKind::OpenAi | ProviderKind::Azure => {
+                Accumulator::OpenAi(openai::StreamAccumulator::keeping_raw(keep_raw))
+            }
+            ProviderKind::Anthropic => {
+                Accumulator::Anthropic(anthropic::StreamAccumulator::keeping_raw(keep_raw))
+            }
         }
     }
 
@@ -337,21 +627,30 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// length is unknown until it arrives. With no `max_tokens`, [`DEFAULT_MAX_TOKENS`] is charged.
 pub fn estimate_tokens(kind: ProviderKind, messages: &[Message], params: &RequestParams) -> u32 {
     let chars = messages.iter().map(|m| content_chars(&m.content)).sum();
-    estimate(kind, chars, messages.len() as u64, params)
+    let extra = Extra::new(params.extra.as_deref(), None);
+    estimate(kind, chars, messages.len() as u64, params, extra)
 }
 
 /// The estimate for `count` messages holding `chars` characters of text.
-fn estimate(kind: ProviderKind, chars: u64, count: u64, params: &RequestParams) -> u32 {
+fn estimate(
+    kind: ProviderKind,
+    chars: u64,
+    count: u64,
+    params: &RequestParams,
+    extra: Extra<'_>,
+) -> u32 {
     const PER_MESSAGE: u64 = 4;
     const PER_REQUEST: u64 = 3;
     let system = params.system.as_deref();
     let chars = chars + system.map_or(0, |s| s.chars().count() as u64);
     let framing = PER_REQUEST + PER_MESSAGE * (count + u64::from(system.is_some()));
     // OpenAI counts max_tokens only when it is sent; Anthropic always sends one (its default).
-    let reply = match (kind, params.max_tokens) {
-        (_, Some(n)) => u64::from(n),
-        (ProviderKind::Anthropic, None) => u64::from(DEFAULT_MAX_TOKENS),
-        (ProviderKind::OpenAi, None) => 0,
+    // A budget given in params is the one sent.
+    let reply = match (kind, extra.max_tokens(), params.max_tokens) {
+        (_, Some(n), _) => n,
+        (_, None, Some(n)) => u64::from(n),
+        (ProviderKind::Anthropic, None, None) => u64::from(DEFAULT_MAX_TOKENS),
+        (ProviderKind::OpenAi | ProviderKind::Azure, None, None) => 0,
     };
     let total = chars.div_ceil(4) + framing + reply;
     u32::try_from(total).unwrap_or(u32::MAX)
@@ -482,10 +781,41 @@ pub(crate) enum Content<'a> {
 /// Usage counts as both providers name them.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Usage {
+    /// OpenAI: the whole prompt. Anthropic (`input_tokens`): the part neither read from nor
+    /// written to the cache.
     #[serde(default, alias = "input_tokens")]
     pub prompt_tokens: Option<u64>,
     #[serde(default, alias = "output_tokens")]
     pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+/// One tool call in OpenAI's shape, for the `tool_calls` JSON array.
+pub(crate) fn tool_call_json(id: &str, name: &str, arguments: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    })
 }
 
 #[cfg(test)]
@@ -640,5 +970,217 @@ mod tests {
             acc.finish().map_err(|f| f.kind),
             Err(ErrorType::IncompleteStream)
         );
+    }
+
+    #[test]
+    fn the_reasoning_family_rule() {
+        for name in [
+            "o1",
+            "o1-mini",
+            "o1-preview-2024-09-12",
+            "o3",
+            "o3-mini",
+            "o3-pro",
+            "o4-mini",
+            "o4-mini-2025-04-16",
+            "gpt-5",
+            "gpt-5-mini",
+            "gpt-5-nano-2025-08-07",
+            "gpt-5-mini-2025-08-07",
+            "gpt-5.1",
+            "gpt-5.1-codex",
+            "GPT-5-Mini",
+            "openai/o3-mini",
+            "azure/gpt-5",
+        ] {
+            assert!(is_reasoning_model(name), "{name}");
+        }
+        for name in [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "gpt-50",
+            "gpt-5x",
+            "o",
+            "omni",
+            "o1x",
+            "claude-opus-4",
+            "mock",
+            "",
+            "gpt-5.",
+        ] {
+            assert!(!is_reasoning_model(name), "{name}");
+        }
+    }
+
+    fn params_with(extra: serde_json::Value) -> RequestParams {
+        RequestParams {
+            model: "gpt-4o-mini".into(),
+            temperature: Some(0.2),
+            max_tokens: Some(64),
+            extra: extra.as_object().cloned().map(Arc::new),
+            ..RequestParams::default()
+        }
+    }
+
+    fn body_of(
+        kind: ProviderKind,
+        params: &RequestParams,
+        row: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let target = target(kind, "http://h/v1", &ApiKey::new("k"));
+        let messages = Messages::from_json(r#"[{"role":"user","content":"hi"}]"#.into()).unwrap();
+        let row = row.and_then(|r| r.as_object().cloned());
+        let req = prepare_row(kind, &target, params, &messages, row.as_ref());
+        let text = std::str::from_utf8(&req.body).unwrap();
+        // Never a key twice: serde_json's Value keeps the last, so count the raw text.
+        for key in ["\"model\"", "\"temperature\"", "\"max_tokens\"", "\"seed\""] {
+            assert!(text.matches(key).count() <= 1, "{text}");
+        }
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn params_merge_after_the_builder_and_win() {
+        let params = params_with(json!({"seed": 7, "top_p": 0.9, "temperature": 0.7,
+            "tools": [{"type": "function", "function": {"name": "f"}}]}));
+        let body = body_of(ProviderKind::OpenAi, &params, None);
+        assert_eq!(
+            body,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 64, "stream": false, "seed": 7, "top_p": 0.9, "temperature": 0.7,
+                "tools": [{"type": "function", "function": {"name": "f"}}]})
+        );
+        // A row's params override the run's, and may name the model.
+        let row =
+            json!({"seed": 8, "model": "gpt-4.1", "response_format": {"type": "json_object"}});
+        let body = body_of(ProviderKind::OpenAi, &params, Some(row));
+        assert_eq!(body["seed"], 8);
+        assert_eq!(body["model"], "gpt-4.1");
+        assert_eq!(body["top_p"], 0.9);
+        assert_eq!(body["response_format"]["type"], "json_object");
+        // No params: the body is exactly what it always was.
+        let plain = params_with(json!({}));
+        assert!(plain.extra.is_some());
+        let target = target(ProviderKind::OpenAi, "http://h/v1", &ApiKey::new("k"));
+        let messages = Messages::from_json(r#"[{"role":"user","content":"hi"}]"#.into()).unwrap();
+        let req = prepare_row(ProviderKind::OpenAi, &target, &plain, &messages, None);
+        assert_eq!(
+            std::str::from_utf8(&req.body).unwrap(),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"temperature":0.2,"max_tokens":64,"stream":false}"#
+        );
+    }
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens_unless_params_say_otherwise() {
+        let mut params = params_with(json!({}));
+        params.model = "o4-mini".into();
+        params.temperature = None;
+        let body = body_of(ProviderKind::OpenAi, &params, None);
+        assert_eq!(body["max_completion_tokens"], 64);
+        assert!(body.get("max_tokens").is_none());
+        // Azure speaks the same.
+        let body = body_of(ProviderKind::Azure, &params, None);
+        assert_eq!(body["max_completion_tokens"], 64);
+        // The row's model decides (a Batch API line naming gpt-5-mini in a gpt-4o run).
+        let body = body_of(
+            ProviderKind::OpenAi,
+            &params_with(json!({})),
+            Some(json!({"model": "gpt-5-mini"})),
+        );
+        assert_eq!(
+            (
+                body["max_completion_tokens"].clone(),
+                body.get("max_tokens")
+            ),
+            (json!(64), None)
+        );
+        // An explicit max_tokens or max_completion_tokens in params wins, whatever the model.
+        for explicit in ["max_tokens", "max_completion_tokens"] {
+            let body = body_of(ProviderKind::OpenAi, &params, Some(json!({explicit: 9})));
+            assert_eq!(body[explicit], 9);
+            let other = if explicit == "max_tokens" {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            assert!(body.get(other).is_none(), "{body}");
+        }
+        // The estimate charges the budget that is sent.
+        let messages = Messages::from_json(r#"[{"role":"user","content":"hi"}]"#.into()).unwrap();
+        let row = json!({"max_completion_tokens": 1000});
+        let with = estimate_row_tokens(ProviderKind::OpenAi, &messages, &params, row.as_object());
+        let without = estimate_row_tokens(ProviderKind::OpenAi, &messages, &params, None);
+        assert_eq!(with - without, 1000 - 64);
+    }
+
+    #[test]
+    fn anthropic_params_override_the_builders_fields() {
+        let params = RequestParams {
+            model: "claude-sonnet-4-5".into(),
+            system: Some("Be brief.".into()),
+            extra: json!({"thinking": {"type": "enabled", "budget_tokens": 1024}, "top_k": 5,
+                "stop_sequences": ["END"], "max_tokens": 2048})
+            .as_object()
+            .cloned()
+            .map(Arc::new),
+            ..RequestParams::default()
+        };
+        let body = body_of(ProviderKind::Anthropic, &params, None);
+        assert_eq!(
+            body,
+            json!({"model": "claude-sonnet-4-5", "system": "Be brief.",
+                "messages": [{"role": "user", "content": "hi"}], "stream": false,
+                "thinking": {"type": "enabled", "budget_tokens": 1024}, "top_k": 5,
+                "stop_sequences": ["END"], "max_tokens": 2048})
+        );
+        let row = json!({"system": [{"type": "text", "text": "cached", "cache_control": {"type": "ephemeral"}}]});
+        let body = body_of(ProviderKind::Anthropic, &params, Some(row));
+        assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
+    }
+
+    #[test]
+    fn a_row_payload_is_an_array_or_an_object_with_params() {
+        let array = RowPayload::from_json(r#"[{"role":"user","content":"hi"}]"#.into()).unwrap();
+        assert!(matches!(array.messages, Messages::Json(_)) && array.params.is_none());
+        let object = RowPayload::from_json(
+            r#"{"messages":[{"role":"user","content":"hi"}],"params":{"model":"o3","seed":1}}"#
+                .into(),
+        )
+        .unwrap();
+        assert!(matches!(object.messages, Messages::Json(_)));
+        assert_eq!(object.params.unwrap()["model"], "o3");
+        let empty = RowPayload::from_json(
+            r#"{"messages":[{"role":"user","content":"x"}],"params":{}}"#.into(),
+        )
+        .unwrap();
+        assert!(empty.params.is_none());
+        for bad in [
+            r#"{"messages":[{"role":"user","content":"x"}],"params":{"stream":true}}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"params":{"messages":[]}}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"extra":1}"#,
+            r#"{"params":{}}"#,
+            r#"{"messages":"x"}"#,
+            "not json",
+        ] {
+            assert!(RowPayload::from_json(bad.into()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn extra_headers_are_sent_after_the_providers_and_replace_them() {
+        let key = ApiKey::new("sk-key");
+        let headers = [
+            ("anthropic-beta".to_string(), "output-128k".to_string()),
+            ("anthropic-version".to_string(), "2099-01-01".to_string()),
+        ];
+        let mut endpoint = Endpoint::new(ProviderKind::Anthropic, "http://h", &key);
+        endpoint.headers = &headers;
+        let target = endpoint.target();
+        let (_, sent) = target.http().unwrap();
+        assert_eq!(sent["anthropic-beta"], "output-128k");
+        assert_eq!(sent["anthropic-version"], "2099-01-01");
+        assert_eq!(sent.get_all("anthropic-version").iter().count(), 1);
+        assert_eq!(target.credentials().collect::<Vec<_>>(), ["sk-key"]);
     }
 }

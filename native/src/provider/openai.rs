@@ -1,25 +1,32 @@
 //! OpenAI Chat Completions wire format: request body, JSON response and streamed chunks.
+//! Azure OpenAI speaks it too, at its deployment URL with an `api-key` header.
 
 use super::raw::RawMessages;
 use super::Target;
 use super::{
-    describe_error_body, error_object, snippet, truncate, Completion, Content, Message, OutMessage,
-    PreparedRequest, RequestParams, StreamFailure, StreamStep, Usage,
+    describe_error_body, error_object, is_reasoning_model, snippet, tool_call_json, truncate,
+    Completion, Content, Extra, Message, OutMessage, Params, PreparedRequest, RequestParams,
+    StreamFailure, StreamStep, Usage,
 };
 use crate::error::ErrorType;
 use crate::secret::ApiKey;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::sync::Arc;
 
 #[derive(Serialize)]
 struct Body<'a, M> {
-    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
     messages: M,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -32,11 +39,14 @@ struct StreamOptions {
 
 /// `POST {base}/chat/completions` (the base includes `/v1`, as in the official SDK), with the
 /// run's system prompt prepended as a `system` message and `stream_options.include_usage` set
-/// when streaming so the last chunk carries token counts.
+/// when streaming so the last chunk carries token counts. The run's max tokens go out as
+/// `max_completion_tokens` for a reasoning model ([`is_reasoning_model`]), else `max_tokens`;
+/// params (the run's, then the row's: `row`) are merged in last and win (see [`Extra`]).
 pub fn prepare(
     target: &Arc<Target>,
     params: &RequestParams,
     messages: &[Message],
+    row: Option<&Params>,
 ) -> PreparedRequest {
     let mut out = Vec::with_capacity(messages.len() + 1);
     if let Some(system) = params.system.as_deref() {
@@ -49,7 +59,7 @@ pub fn prepare(
         role: &m.role,
         content: Content::Json(&m.content),
     }));
-    request(target, params, out)
+    request(target, params, out, row)
 }
 
 /// `{base}/chat/completions` with `Authorization: Bearer`.
@@ -63,18 +73,61 @@ pub fn target(base: &str, key: &ApiKey) -> Target {
     )
 }
 
+/// Azure OpenAI: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=V`
+/// with the `api-key` header (as the official SDK's `AzureOpenAI` client sends them). Without
+/// a deployment, `endpoint` is taken as the deployment's URL already.
+pub fn azure_target(
+    endpoint: &str,
+    deployment: Option<&str>,
+    api_version: Option<&str>,
+    key: &ApiKey,
+) -> Target {
+    let endpoint = endpoint.trim_end_matches('/');
+    let mut url = match deployment {
+        Some(deployment) => format!("{endpoint}/openai/deployments/{deployment}/chat/completions"),
+        None => format!("{endpoint}/chat/completions"),
+    };
+    if let Some(version) = api_version {
+        url.push_str("?api-version=");
+        url.push_str(version);
+    }
+    Target::new(
+        url,
+        vec![
+            ("api-key", key.expose().to_string()),
+            ("content-type", "application/json".to_string()),
+        ],
+    )
+}
+
 /// [`prepare`] for messages kept as JSON text: written into the body as they are.
 pub fn prepare_raw(
     target: &Arc<Target>,
     params: &RequestParams,
     messages: &RawMessages,
+    row: Option<&Params>,
 ) -> PreparedRequest {
     match params.system.as_deref() {
-        None => request(target, params, messages.json()),
+        None => request(target, params, messages.json(), row),
         Some(system) => match messages.with_system(system) {
-            Some(with_system) => request(target, params, &*with_system),
-            None => prepare(target, params, &messages.parsed()),
+            Some(with_system) => request(target, params, &*with_system, row),
+            None => prepare(target, params, &messages.parsed(), row),
         },
+    }
+}
+
+/// Which field carries the run's max tokens: none when params set one explicitly (theirs is
+/// sent), `max_completion_tokens` for a reasoning model, else `max_tokens`.
+fn max_tokens_fields(
+    max_tokens: Option<u32>,
+    model: &str,
+    extra: &Extra<'_>,
+) -> (Option<u32>, Option<u32>) {
+    match max_tokens {
+        None => (None, None),
+        Some(_) if extra.has("max_tokens") || extra.has("max_completion_tokens") => (None, None),
+        Some(n) if is_reasoning_model(model) => (None, Some(n)),
+        Some(n) => (Some(n), None),
     }
 }
 
@@ -82,54 +135,76 @@ fn request<M: Serialize>(
     target: &Arc<Target>,
     params: &RequestParams,
     messages: M,
+    row: Option<&Params>,
 ) -> PreparedRequest {
+    let extra = Extra::new(params.extra.as_deref(), row);
+    let model = extra.model().unwrap_or(&params.model);
+    let (max_tokens, max_completion_tokens) = max_tokens_fields(params.max_tokens, model, &extra);
     let body = Body {
-        model: &params.model,
+        model: (!extra.has("model")).then_some(params.model.as_str()),
         messages,
-        temperature: params.temperature,
-        max_tokens: params.max_tokens,
+        temperature: params.temperature.filter(|_| !extra.has("temperature")),
+        max_tokens,
+        max_completion_tokens,
         stream: params.stream,
-        stream_options: params.stream.then_some(StreamOptions {
+        stream_options: (params.stream && !extra.has("stream_options")).then_some(StreamOptions {
             include_usage: true,
         }),
     };
+    // Serializing borrowed strings and JSON values cannot fail.
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    extra.write_into(&mut bytes);
     PreparedRequest {
         target: Arc::clone(target),
-        // Serializing borrowed strings and JSON values cannot fail.
-        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        body: bytes.into(),
     }
 }
 
 #[derive(Deserialize)]
-struct Response {
-    #[serde(default)]
-    choices: Vec<Choice>,
+struct Response<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
-    error: Option<serde_json::Value>,
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct Choice {
+struct Choice<'a> {
     #[serde(default)]
-    message: Option<ResponseMessage>,
+    index: u32,
+    #[serde(default, borrow)]
+    message: Option<ResponseMessage<'a>>,
     #[serde(default)]
     finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct ResponseMessage {
+struct ResponseMessage<'a> {
     #[serde(default)]
     content: Option<String>,
     /// Set instead of `content` when the model declines.
     #[serde(default)]
     refusal: Option<String>,
+    #[serde(default, borrow)]
+    tool_calls: Option<&'a RawValue>,
 }
 
-/// Reads a non-streaming response: the first choice's text and finish reason, plus usage.
+/// Applies OpenAI usage (with its details) to `completion`.
+fn apply_usage(completion: &mut Completion, usage: Usage) {
+    completion.prompt_tokens = usage.prompt_tokens;
+    completion.completion_tokens = usage.completion_tokens;
+    completion.cached_prompt_tokens = usage.prompt_tokens_details.and_then(|d| d.cached_tokens);
+    completion.reasoning_tokens = usage
+        .completion_tokens_details
+        .and_then(|d| d.reasoning_tokens);
+}
+
+/// Reads a non-streaming response: the first choice's text, refusal, tool calls and finish
+/// reason, plus usage. With `n > 1` the first choice is the one with index 0.
 pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
-    let response: Response = serde_json::from_slice(body).map_err(|e| {
+    let response: Response<'_> = serde_json::from_slice(body).map_err(|e| {
         format!(
             "response is not chat completion JSON ({e}): {}",
             snippet(body)
@@ -138,22 +213,36 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
     if let Some(error) = response.error.as_ref().and_then(error_object) {
         return Err(format!("error in a 2xx response: {}", error.message));
     }
-    let choice = response
-        .choices
-        .into_iter()
-        .next()
-        .ok_or_else(|| format!("response has no choices: {}", snippet(body)))?;
+    let mut choices = response.choices;
+    let first = choices.iter().position(|c| c.index == 0).unwrap_or(0);
+    if choices.is_empty() {
+        return Err(format!("response has no choices: {}", snippet(body)));
+    }
+    let choice = choices.swap_remove(first);
     let message = choice.message.unwrap_or(ResponseMessage {
         content: None,
         refusal: None,
+        tool_calls: None,
     });
-    let usage = response.usage.unwrap_or_default();
-    Ok(Completion {
-        text: message.content.or(message.refusal).unwrap_or_default(),
+    let tool_calls = message
+        .tool_calls
+        .map(RawValue::get)
+        .filter(|calls| !matches!(calls.trim(), "null" | "[]"))
+        .map(str::to_string);
+    let mut completion = Completion {
+        text: message
+            .content
+            .or_else(|| message.refusal.clone())
+            .unwrap_or_default(),
         finish_reason: choice.finish_reason,
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-    })
+        refusal: message.refusal,
+        tool_calls,
+        ..Completion::default()
+    };
+    if let Some(usage) = response.usage {
+        apply_usage(&mut completion, usage);
+    }
+    Ok(completion)
 }
 
 /// The message of `{"error": {"message", "type", "code"}}`, else the body, shortened.
@@ -169,15 +258,23 @@ pub(crate) const QUOTA_PHRASES: &[&str] = &["exceeded your current quota", "insu
 #[derive(Deserialize)]
 struct Chunk<'a> {
     #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<u64>,
+    #[serde(default, borrow)]
     choices: Vec<ChunkChoice<'a>>,
     #[serde(default)]
     usage: Option<Usage>,
     #[serde(default)]
-    error: Option<serde_json::Value>,
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct ChunkChoice<'a> {
+    #[serde(default)]
+    index: u32,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
     #[serde(default)]
@@ -191,6 +288,104 @@ struct Delta<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, borrow)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// Choices (and tool calls) beyond this index are ignored: `n` is at most 128 at OpenAI, and a
+/// stray index must not grow memory.
+const MAX_INDEX: u32 = 128;
+
+/// What a streamed choice assembled besides choice 0's text (kept in the completion):
+/// choice 0's refusal and tool calls always; with `keep_raw`, every choice's everything.
+#[derive(Debug, Default)]
+struct ChoiceParts {
+    index: u32,
+    content: String,
+    refusal: String,
+    tool_calls: Vec<ToolCallParts>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct ToolCallParts {
+    index: u32,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+impl ChoiceParts {
+    /// Adds a delta's refusal and tool-call pieces (and its content, for `keep_raw`).
+    fn add(&mut self, delta: Delta<'_>, keep_raw: bool) {
+        if keep_raw {
+            if let Some(content) = &delta.content {
+                self.content.push_str(content);
+            }
+        }
+        if let Some(refusal) = &delta.refusal {
+            self.refusal.push_str(refusal);
+        }
+        for call in delta.tool_calls.into_iter().flatten() {
+            if call.index > MAX_INDEX {
+                continue;
+            }
+            let at = match self.tool_calls.iter().position(|c| c.index == call.index) {
+                Some(at) => at,
+                None => {
+                    self.tool_calls.push(ToolCallParts {
+                        index: call.index,
+                        ..ToolCallParts::default()
+                    });
+                    self.tool_calls.len() - 1
+                }
+            };
+            let parts = &mut self.tool_calls[at];
+            if let Some(id) = call.id {
+                parts.id = id;
+            }
+            if let Some(function) = call.function {
+                if let Some(name) = function.name {
+                    parts.name.push_str(&name);
+                }
+                if let Some(arguments) = function.arguments {
+                    parts.arguments.push_str(&arguments);
+                }
+            }
+        }
+    }
+
+    fn tool_calls_json(&self) -> Option<Value> {
+        if self.tool_calls.is_empty() {
+            return None;
+        }
+        let mut calls: Vec<&ToolCallParts> = self.tool_calls.iter().collect();
+        calls.sort_by_key(|c| c.index);
+        Some(Value::Array(
+            calls
+                .into_iter()
+                .map(|c| tool_call_json(&c.id, &c.name, &c.arguments))
+                .collect(),
+        ))
+    }
 }
 
 /// Assembles a streamed chat completion: `data: {chunk}` events, then `data: [DONE]`.
@@ -198,11 +393,38 @@ struct Delta<'a> {
 pub struct StreamAccumulator {
     completion: Completion,
     done: bool,
+    keep_raw: bool,
+    choices: Vec<ChoiceParts>,
+    id: Option<String>,
+    model: Option<String>,
+    created: Option<u64>,
 }
 
 impl StreamAccumulator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// One that also assembles the whole completion as JSON ([`Completion::raw`]).
+    pub fn keeping_raw(keep_raw: bool) -> Self {
+        Self {
+            keep_raw,
+            ..Self::default()
+        }
+    }
+
+    fn parts(&mut self, index: u32) -> &mut ChoiceParts {
+        let at = match self.choices.iter().position(|c| c.index == index) {
+            Some(at) => at,
+            None => {
+                self.choices.push(ChoiceParts {
+                    index,
+                    ..ChoiceParts::default()
+                });
+                self.choices.len() - 1
+            }
+        };
+        &mut self.choices[at]
     }
 
     /// Feeds one event. The event name is ignored: OpenAI sends only data lines.
@@ -236,20 +458,44 @@ impl StreamAccumulator {
                 format!("error event: {}", error.message),
             ));
         }
+        if self.keep_raw {
+            if let Some(id) = chunk.id.filter(|_| self.id.is_none()) {
+                self.id = Some(id.into_owned());
+            }
+            if let Some(model) = chunk.model.filter(|_| self.model.is_none()) {
+                self.model = Some(model.into_owned());
+            }
+            self.created = self.created.or(chunk.created);
+        }
         if let Some(usage) = chunk.usage {
-            self.completion.prompt_tokens = usage.prompt_tokens;
-            self.completion.completion_tokens = usage.completion_tokens;
+            apply_usage(&mut self.completion, usage);
         }
         let mut appended = 0;
-        if let Some(choice) = chunk.choices.into_iter().next() {
+        for choice in chunk.choices {
+            let (index, first) = (choice.index, choice.index == 0);
+            if index > MAX_INDEX || !(first || self.keep_raw) {
+                continue;
+            }
             if let Some(delta) = choice.delta {
-                for piece in [delta.content, delta.refusal].into_iter().flatten() {
-                    self.completion.text.push_str(&piece);
-                    appended += piece.len();
+                if first {
+                    for piece in [&delta.content, &delta.refusal].into_iter().flatten() {
+                        self.completion.text.push_str(piece);
+                        appended += piece.len();
+                    }
+                }
+                // Most chunks carry text only: the parts are for refusals, tool calls and raw.
+                if self.keep_raw || delta.refusal.is_some() || delta.tool_calls.is_some() {
+                    let keep_raw = self.keep_raw;
+                    self.parts(index).add(delta, keep_raw);
                 }
             }
-            if choice.finish_reason.is_some() {
-                self.completion.finish_reason = choice.finish_reason;
+            if let Some(reason) = choice.finish_reason {
+                if self.keep_raw {
+                    self.parts(index).finish_reason = Some(reason.clone());
+                }
+                if first {
+                    self.completion.finish_reason = Some(reason);
+                }
             }
         }
         Ok(if appended > 0 {
@@ -265,18 +511,72 @@ impl StreamAccumulator {
     }
 
     /// The completion, or `IncompleteStream` when `[DONE]` never came.
-    pub fn finish(self) -> Result<Completion, StreamFailure> {
-        if self.done {
-            Ok(self.completion)
-        } else {
-            Err(StreamFailure::new(
+    pub fn finish(mut self) -> Result<Completion, StreamFailure> {
+        if !self.done {
+            return Err(StreamFailure::new(
                 ErrorType::IncompleteStream,
                 format!(
                     "stream ended before [DONE] after {} bytes of text",
                     self.completion.text.len()
                 ),
-            ))
+            ));
         }
+        if let Some(first) = self.choices.iter().find(|c| c.index == 0) {
+            if !first.refusal.is_empty() {
+                self.completion.refusal = Some(first.refusal.clone());
+            }
+            self.completion.tool_calls = first.tool_calls_json().map(|v| v.to_string());
+        }
+        if self.keep_raw {
+            self.completion.raw = Some(self.raw_json().to_string());
+        }
+        Ok(self.completion)
+    }
+
+    /// The assembled `chat.completion` object: every choice, and usage as streamed.
+    fn raw_json(&mut self) -> Value {
+        self.choices.sort_by_key(|c| c.index);
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .map(|c| {
+                let mut message = json!({
+                    "role": "assistant",
+                    "content": (!c.content.is_empty()
+                        || (c.refusal.is_empty() && c.tool_calls.is_empty()))
+                    .then_some(c.content.as_str()),
+                    "refusal": (!c.refusal.is_empty()).then_some(c.refusal.as_str()),
+                });
+                if let Some(calls) = c.tool_calls_json() {
+                    message["tool_calls"] = calls;
+                }
+                json!({"index": c.index, "message": message, "finish_reason": c.finish_reason})
+            })
+            .collect();
+        let c = &self.completion;
+        let usage = c.prompt_tokens.map(|prompt| {
+            let completion = c.completion_tokens.unwrap_or(0);
+            let mut usage = json!({
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            });
+            if let Some(cached) = c.cached_prompt_tokens {
+                usage["prompt_tokens_details"] = json!({"cached_tokens": cached});
+            }
+            if let Some(reasoning) = c.reasoning_tokens {
+                usage["completion_tokens_details"] = json!({"reasoning_tokens": reasoning});
+            }
+            usage
+        });
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage,
+        })
     }
 }
 
@@ -292,6 +592,7 @@ mod tests {
             max_tokens: None,
             stream,
             system: Some("Be brief.".into()),
+            extra: None,
         }
     }
 
@@ -376,6 +677,7 @@ mod tests {
                 finish_reason: Some("stop".into()),
                 prompt_tokens: Some(12),
                 completion_tokens: Some(1),
+                ..Completion::default()
             })
         );
         assert!(parse_response(b"not json").is_err());
@@ -428,6 +730,7 @@ mod tests {
                 finish_reason: Some("stop".into()),
                 prompt_tokens: Some(5),
                 completion_tokens: Some(3),
+                ..Completion::default()
             })
         );
     }

@@ -115,6 +115,7 @@ mod tests {
             max_tokens: Some(16),
             stream: false,
             system: system.map(str::to_string),
+            extra: None,
         }
     }
 
@@ -135,15 +136,15 @@ mod tests {
                     let (raw, parsed) = both(text);
                     let p = params(system);
                     let target = provider::target(kind, "http://h/v1", &key);
-                    let a = provider::prepare_row(kind, &target, &p, &raw);
-                    let b = provider::prepare_row(kind, &target, &p, &parsed);
+                    let a = provider::prepare_row(kind, &target, &p, &raw, None);
+                    let b = provider::prepare_row(kind, &target, &p, &parsed, None);
                     let body = |r: &provider::PreparedRequest| -> Value {
                         serde_json::from_slice(&r.body).unwrap()
                     };
                     assert_eq!(body(&a), body(&b), "{kind:?} {text} {system:?}");
                     assert_eq!(
-                        provider::estimate_row_tokens(kind, &raw, &p),
-                        provider::estimate_row_tokens(kind, &parsed, &p)
+                        provider::estimate_row_tokens(kind, &raw, &p, None),
+                        provider::estimate_row_tokens(kind, &parsed, &p, None)
                     );
                 }
             }
@@ -155,7 +156,7 @@ mod tests {
         let text = r#"[{"role":"user","content":"été"}]"#;
         let (raw, _) = both(text);
         let target = provider::target(ProviderKind::OpenAi, "http://h/v1", &ApiKey::new("k"));
-        let req = provider::prepare_row(ProviderKind::OpenAi, &target, &params(None), &raw);
+        let req = provider::prepare_row(ProviderKind::OpenAi, &target, &params(None), &raw, None);
         let body = String::from_utf8(req.body.to_vec()).unwrap();
         assert!(body.contains(&format!(r#""messages":{text}"#)), "{body}");
     }
