@@ -2,9 +2,12 @@
 
 use super::errors::ApiError;
 use super::reply::stream_pieces;
-use super::request::{ChatRequest, Completion, TextTally};
+use super::request::{
+    extra_fields, schema_answer, tool_answer, Answer, ChatRequest, Completion, TextTally, Tool,
+    ToolChoice,
+};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 /// Content block types the real API accepts; only "text" contributes to the mock's reply.
 const BLOCK_TYPES: [&str; 8] = [
@@ -63,7 +66,7 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let mut tally = TextTally::default();
     match obj.get("system") {
         None | Some(Value::Null) => {}
-        Some(system) => tally.add(blocks_text(system, "system")?, false),
+        Some(system) => tally.add_system(blocks_text(system, "system")?),
     }
     let messages = match obj.get("messages") {
         None => return Err(field_required("messages")),
@@ -102,14 +105,91 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("stream: Input should be a valid boolean")),
     };
+    let last_user_text = tally.last_user_text.unwrap_or_default();
+    let answer = answer(obj, &last_user_text)?;
     Ok(ChatRequest {
         model,
         stream,
         include_usage: false,
         max_tokens: Some(max_tokens),
-        last_user_text: tally.last_user_text.unwrap_or_default(),
         prompt_tokens: tally.prompt_tokens,
+        system: tally.system,
+        system_tokens: tally.system_tokens,
+        reasoning: false,
+        answer,
+        fields: extra_fields(obj),
+        last_user_text,
     })
+}
+
+/// A `tool_use` block when `tools` ask for one (see `request::tool_answer`), else structured
+/// output for `output_config.format` (or the beta's `output_format`) of type `json_schema`,
+/// else the echo. Server tools (those with a `type` other than `custom`) are never called.
+fn answer(obj: &Map<String, Value>, last_user_text: &str) -> Result<Answer, ApiError> {
+    let tools = match obj.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => {
+            let mut declared = Vec::with_capacity(tools.len());
+            for (i, tool) in tools.iter().enumerate() {
+                let Value::Object(tool) = tool else {
+                    return Err(ApiError::invalid(format!(
+                        "tools.{i}: Input should be a valid dictionary"
+                    )));
+                };
+                if tool
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t != "custom")
+                {
+                    continue;
+                }
+                let name = match tool.get("name") {
+                    Some(Value::String(name)) => name.as_str(),
+                    _ => return Err(field_required(&format!("tools.{i}.custom.name"))),
+                };
+                let Some(schema) = tool.get("input_schema") else {
+                    return Err(field_required(&format!("tools.{i}.custom.input_schema")));
+                };
+                declared.push(Tool {
+                    name,
+                    schema: Some(schema),
+                });
+            }
+            declared
+        }
+        Some(_) => return Err(ApiError::invalid("tools: Input should be a valid list")),
+    };
+    if !tools.is_empty() {
+        let choice = match obj.get("tool_choice") {
+            Some(choice) => match choice.get("type").and_then(Value::as_str) {
+                Some("none") => ToolChoice::None,
+                Some("any") => ToolChoice::Required,
+                Some("tool") => match choice.get("name").and_then(Value::as_str) {
+                    Some(name) => ToolChoice::Named(name),
+                    None => return Err(field_required("tool_choice.tool.name")),
+                },
+                _ => ToolChoice::Auto,
+            },
+            None => ToolChoice::Auto,
+        };
+        if let Some(answer) = tool_answer(&tools, choice, last_user_text) {
+            return Ok(answer);
+        }
+    }
+    let format = obj
+        .get("output_config")
+        .and_then(|c| c.get("format"))
+        .or_else(|| obj.get("output_format"))
+        .filter(|f| !f.is_null());
+    match format {
+        Some(format) if format.get("type").and_then(Value::as_str) == Some("json_schema") => {
+            Ok(schema_answer(format.get("schema")))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "output_config.format.type: Input should be 'json_schema'",
+        )),
+        None => Ok(Answer::Echo),
+    }
 }
 
 /// The text of a string or a list of content blocks (text blocks concatenated).
@@ -161,10 +241,33 @@ fn blocks_text(content: &Value, path: &str) -> Result<String, ApiError> {
 }
 
 fn stop_reason(c: &Completion) -> &'static str {
-    if c.truncated {
+    if c.tool_call.is_some() {
+        "tool_use"
+    } else if c.truncated {
         "max_tokens"
     } else {
         "end_turn"
+    }
+}
+
+/// Usage as the real API reports it: `input_tokens` is the part of the prompt neither read from
+/// nor written to the cache.
+fn usage(req: &ChatRequest, c: &Completion, output_tokens: u64) -> Value {
+    json!({
+        "input_tokens": req.prompt_tokens - c.cached_tokens - c.cache_write_tokens,
+        "cache_creation_input_tokens": c.cache_write_tokens,
+        "cache_read_input_tokens": c.cached_tokens,
+        "output_tokens": output_tokens,
+    })
+}
+
+fn content(c: &Completion) -> Value {
+    match &c.tool_call {
+        Some((id, name, arguments)) => {
+            let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
+            json!([{"type": "tool_use", "id": id, "name": name, "input": input}])
+        }
+        None => json!([{"type": "text", "text": c.text}]),
     }
 }
 
@@ -175,10 +278,10 @@ pub(crate) fn body(req: &ChatRequest, c: &Completion) -> String {
         "type": "message",
         "role": "assistant",
         "model": req.model,
-        "content": [{"type": "text", "text": c.text}],
+        "content": content(c),
         "stop_reason": stop_reason(c),
         "stop_sequence": null,
-        "usage": {"input_tokens": req.prompt_tokens, "output_tokens": c.completion_tokens},
+        "usage": usage(req, c, c.completion_tokens),
     })
     .to_string()
 }
@@ -201,14 +304,33 @@ pub(crate) fn stream_frames(req: &ChatRequest, c: &Completion) -> Vec<Bytes> {
             "content": [],
             "stop_reason": null,
             "stop_sequence": null,
-            "usage": {"input_tokens": req.prompt_tokens, "output_tokens": 1},
+            "usage": usage(req, c, 1),
         }}),
     ));
-    frames.push(event(
-        "content_block_start",
-        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-    ));
-    frames.push(event("ping", &json!({"type": "ping"})));
+    if let Some((id, name, arguments)) = &c.tool_call {
+        frames.push(event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block":
+                {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+        ));
+        frames.push(event("ping", &json!({"type": "ping"})));
+        let middle = (arguments.len() / 2..=arguments.len())
+            .find(|&i| arguments.is_char_boundary(i))
+            .unwrap_or(arguments.len());
+        for piece in [&arguments[..middle], &arguments[middle..]] {
+            frames.push(event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+    } else {
+        frames.push(event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ));
+        frames.push(event("ping", &json!({"type": "ping"})));
+    }
     for piece in pieces {
         frames.push(event(
             "content_block_delta",

@@ -50,6 +50,9 @@ pub struct MockConfig {
     pub track_prompts: bool,
     /// Seed of the fault RNG, so that a faulty run is reproducible.
     pub seed: u64,
+    /// Answer `stream: true` requests with a whole JSON body (`application/json`), as some
+    /// gateways do for some models (LiteLLM).
+    pub stream_as_json: bool,
 }
 
 impl Default for MockConfig {
@@ -71,6 +74,7 @@ impl Default for MockConfig {
             quota_exhausted: false,
             track_prompts: false,
             seed: 0,
+            stream_as_json: false,
         }
     }
 }

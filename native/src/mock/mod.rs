@@ -1,10 +1,41 @@
 //! The project's own mock OpenAI/Anthropic server: deterministic replies, latency, rate limits, faults.
 //!
-//! Routes: `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic), and the
-//! control endpoints `GET /_mock/stats` ([`MockStats`] as JSON), `POST /_mock/reset`,
-//! `GET /health`. Checks run in this order: auth (401) → quota → body validation (400) →
-//! overload episode (Anthropic 529, OpenAI 503) → rate limit (429) → latency → random fault →
-//! bad marker (400) → reply (see [`reply_text`]).
+//! Routes: `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic),
+//! `POST /openai/deployments/{deployment}/chat/completions?api-version=V` (Azure OpenAI: the
+//! `api-key` header, OpenAI's bodies; without `api-version` Azure's 404 `Resource not found`;
+//! the model is the body's, else the deployment), and the control endpoints `GET /_mock/stats`
+//! ([`MockStats`] as JSON), `POST /_mock/reset`, `GET /health`. Checks run in this order:
+//! (Azure) api-version (404) → auth (401) → quota → body validation (400) → overload episode
+//! (Anthropic 529, OpenAI 503) → rate limit (429) → latency → random fault → bad marker (400)
+//! → reply (see [`reply_text`]).
+//!
+//! Beyond the echo, the mock answers as the real APIs do:
+//! - **Reasoning models** (`provider::is_reasoning_model`: o1, o3, o4, gpt-5 and variants):
+//!   `max_tokens` is refused with OpenAI's 400 (`unsupported_parameter`, param `max_tokens`),
+//!   and so is a temperature other than 1 (`unsupported_value`, param `temperature`);
+//!   `max_completion_tokens` is taken. They report `completion_tokens_details.reasoning_tokens`
+//!   equal to the words of the visible reply, and `completion_tokens` counts both.
+//! - **Prompt cache**: a system prompt (OpenAI: the system and developer messages; Anthropic:
+//!   `system`) already answered once by this server (since it started; a stats reset keeps it)
+//!   is read from the cache: its words are reported as `prompt_tokens_details.cached_tokens`
+//!   (OpenAI) or `cache_read_input_tokens` (Anthropic). On Anthropic its first answer reports
+//!   them as `cache_creation_input_tokens`. Anthropic's `input_tokens` is the rest of the prompt,
+//!   as the real API counts it; OpenAI's `prompt_tokens` includes the cached ones. The details
+//!   objects of OpenAI's usage appear only when non-zero (reasoning models: always).
+//! - **Tools**: with `tools`, a tool whose name occurs in the last user message is called
+//!   (the first such, in the request's order; `tool_choice` "required"/`any` calls the first tool
+//!   when none is named, a named choice always calls that tool, "none" never calls one). The
+//!   arguments are the minimal instance of the tool's schema (`schema.rs`). OpenAI: a message
+//!   with `tool_calls` and finish reason `tool_calls`; Anthropic: one `tool_use` block and stop
+//!   reason `tool_use`. Completion tokens: the words of the arguments' JSON text.
+//! - **Structured output**: OpenAI `response_format` `{type: json_schema, json_schema: {schema}}`
+//!   and Anthropic `output_config.format` (or the beta's `output_format`) `{type: json_schema,
+//!   schema}` get the schema's minimal instance as the text (`json_object`: `{}`). A tool call
+//!   wins over it.
+//! - **Stats**: `params` counts the top-level body fields each request carried beyond `model`
+//!   and `messages`; `headers` counts non-standard request header names (never values).
+//! - `stream_as_json`: streaming requests are answered with a whole JSON body, as some gateways
+//!   do.
 //!
 //! Rate limits are enforced per second and stated per minute, as the providers do: with R
 //! requests per second in force the headers say a limit of 60 × R (see [`MockConfig`]). The
@@ -21,6 +52,7 @@ mod openai;
 mod ratelimit;
 mod reply;
 mod request;
+mod schema;
 mod server;
 mod stats;
 

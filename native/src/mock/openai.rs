@@ -2,7 +2,11 @@
 
 use super::errors::ApiError;
 use super::reply::stream_pieces;
-use super::request::{json_kind, ChatRequest, Completion, TextTally};
+use super::request::{
+    extra_fields, json_kind, schema_answer, tool_answer, Answer, ChatRequest, Completion,
+    TextTally, Tool, ToolChoice,
+};
+use crate::provider::is_reasoning_model;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -44,7 +48,8 @@ fn missing(param: &str) -> ApiError {
 }
 
 /// Validates a `/v1/chat/completions` body as the real API does (the subset the mock needs).
-pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+/// `default_model`: Azure's deployment, the model when the body names none.
+pub(crate) fn parse(body: &[u8], default_model: Option<&str>) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| {
         ApiError::invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't \
@@ -56,12 +61,13 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let Value::Object(obj) = &value else {
         return Err(wrong_type("body", "an object", &value));
     };
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        None | Some(Value::Null) | Some(Value::String(_)) => {
+    let model = match (obj.get("model"), default_model) {
+        (Some(Value::String(m)), _) if !m.is_empty() => m.clone(),
+        (None | Some(Value::Null), Some(deployment)) => deployment.to_string(),
+        (None | Some(Value::Null) | Some(Value::String(_)), _) => {
             return Err(ApiError::invalid("you must provide a model parameter"))
         }
-        Some(other) => return Err(wrong_type("model", "a string", other)),
+        (Some(other), _) => return Err(wrong_type("model", "a string", other)),
     };
     let messages = match obj.get("messages") {
         None | Some(Value::Null) => return Err(missing("messages")),
@@ -97,7 +103,15 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
             ));
         }
         let text = content_text(message, role, &param)?;
-        tally.add(text, role == "user");
+        if role == "system" || role == "developer" {
+            tally.add_system(text);
+        } else {
+            tally.add(text, role == "user");
+        }
+    }
+    let reasoning = is_reasoning_model(&model);
+    if reasoning {
+        refuse_for_reasoning(obj)?;
     }
     let max_tokens = match obj.get("max_completion_tokens") {
         Some(v) if !v.is_null() => positive_int(v, "max_completion_tokens")?,
@@ -133,14 +147,105 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
         },
         Some(other) => return Err(wrong_type("stream_options", "an object", other)),
     };
+    let last_user_text = tally.last_user_text.unwrap_or_default();
+    let answer = answer(obj, &last_user_text)?;
     Ok(ChatRequest {
         model,
         stream,
         include_usage,
         max_tokens,
-        last_user_text: tally.last_user_text.unwrap_or_default(),
         prompt_tokens: tally.prompt_tokens,
+        system: tally.system,
+        system_tokens: tally.system_tokens,
+        reasoning,
+        answer,
+        fields: extra_fields(obj),
+        last_user_text,
     })
+}
+
+/// What reasoning models refuse, with the real API's errors: `max_tokens` (they take
+/// `max_completion_tokens`) and any temperature but the default 1.
+fn refuse_for_reasoning(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    if obj.get("max_tokens").is_some_and(|v| !v.is_null()) {
+        return Err(invalid(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.".into(),
+            "max_tokens",
+            "unsupported_parameter",
+        ));
+    }
+    match obj.get("temperature") {
+        Some(Value::Number(t)) if t.as_f64() != Some(1.0) => Err(invalid(
+            format!("Unsupported value: 'temperature' does not support {t} with this model. Only the default (1) value is supported."),
+            "temperature",
+            "unsupported_value",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A tool call when `tools` ask for one (see `request::tool_answer`), else structured output
+/// for `response_format` `json_schema` (`json_object`: `{}`), else the echo.
+fn answer(obj: &Map<String, Value>, last_user_text: &str) -> Result<Answer, ApiError> {
+    let tools = match obj.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(tools)) => tools
+            .iter()
+            .enumerate()
+            .map(|(i, tool)| {
+                let function = tool
+                    .get("function")
+                    .ok_or_else(|| missing(&format!("tools[{i}].function")))?;
+                let name = function
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| missing(&format!("tools[{i}].function.name")))?;
+                Ok(Tool {
+                    name,
+                    schema: function.get("parameters"),
+                })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?,
+        Some(other) => return Err(wrong_type("tools", "an array", other)),
+    };
+    if !tools.is_empty() {
+        let choice = match obj.get("tool_choice") {
+            Some(Value::String(c)) if c == "none" => ToolChoice::None,
+            Some(Value::String(c)) if c == "required" => ToolChoice::Required,
+            Some(Value::Object(c)) => match c
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+            {
+                Some(name) => ToolChoice::Named(name),
+                None => ToolChoice::Auto,
+            },
+            _ => ToolChoice::Auto,
+        };
+        if let Some(answer) = tool_answer(&tools, choice, last_user_text) {
+            return Ok(answer);
+        }
+    }
+    let Some(format) = obj.get("response_format").filter(|v| !v.is_null()) else {
+        return Ok(Answer::Echo);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            let spec = format
+                .get("json_schema")
+                .filter(|v| v.is_object())
+                .ok_or_else(|| missing("response_format.json_schema"))?;
+            Ok(schema_answer(spec.get("schema")))
+        }
+        Some("json_object") => Ok(Answer::Json("{}".to_string())),
+        Some("text") => Ok(Answer::Echo),
+        Some(other) => Err(invalid(
+            format!("Invalid value: '{other}'. Supported values are: 'text', 'json_object', and 'json_schema'."),
+            "response_format.type",
+            "invalid_value",
+        )),
+        None => Err(missing("response_format.type")),
+    }
 }
 
 /// The text of one message: string content, or its text parts concatenated.
@@ -215,23 +320,52 @@ fn positive_int(v: &Value, param: &str) -> Result<Option<u32>, ApiError> {
 }
 
 fn finish_reason(c: &Completion) -> &'static str {
-    if c.truncated {
+    if c.tool_call.is_some() {
+        "tool_calls"
+    } else if c.truncated {
         "length"
     } else {
         "stop"
     }
 }
 
+/// Usage; `prompt_tokens_details` and `completion_tokens_details` only when they hold a
+/// non-zero count (cached tokens, reasoning tokens), so that a plain request's body stays small.
 fn usage(req: &ChatRequest, c: &Completion) -> Value {
-    json!({
+    let mut usage = json!({
         "prompt_tokens": req.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "total_tokens": req.prompt_tokens + c.completion_tokens,
-    })
+    });
+    if c.cached_tokens > 0 {
+        usage["prompt_tokens_details"] =
+            json!({"cached_tokens": c.cached_tokens, "audio_tokens": 0});
+    }
+    if req.reasoning {
+        usage["completion_tokens_details"] = json!({
+            "reasoning_tokens": c.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        });
+    }
+    usage
+}
+
+fn tool_calls(c: &Completion) -> Option<Value> {
+    let (id, name, arguments) = c.tool_call.as_ref()?;
+    Some(
+        json!([{"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}]),
+    )
 }
 
 /// The non-streaming `chat.completion` body.
 pub(crate) fn body(req: &ChatRequest, c: &Completion) -> String {
+    let mut message = json!({"role": "assistant", "content": c.text, "refusal": null});
+    if let Some(calls) = tool_calls(c) {
+        message["content"] = Value::Null;
+        message["tool_calls"] = calls;
+    }
     json!({
         "id": c.id,
         "object": "chat.completion",
@@ -239,7 +373,7 @@ pub(crate) fn body(req: &ChatRequest, c: &Completion) -> String {
         "model": req.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": c.text, "refusal": null},
+            "message": message,
             "logprobs": null,
             "finish_reason": finish_reason(c),
         }],
@@ -268,13 +402,38 @@ pub(crate) fn stream_frames(req: &ChatRequest, c: &Completion) -> Vec<Bytes> {
     let choice = |delta: Value, finish: Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
     let pieces = stream_pieces(&c.text);
     let mut frames = Vec::with_capacity(pieces.len() + 4);
-    frames.push(chunk(
-        choice(
-            json!({"role": "assistant", "content": "", "refusal": null}),
-            Value::Null,
-        ),
-        None,
-    ));
+    if let Some((id, name, arguments)) = &c.tool_call {
+        // As the real API streams a call: the id and name first, then the arguments in pieces.
+        frames.push(chunk(
+            choice(
+                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                Value::Null,
+            ),
+            None,
+        ));
+        let middle = arguments.len() / 2;
+        let middle = (middle..=arguments.len())
+            .find(|&i| arguments.is_char_boundary(i))
+            .unwrap_or(arguments.len());
+        for piece in [&arguments[..middle], &arguments[middle..]] {
+            frames.push(chunk(
+                choice(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                    Value::Null,
+                ),
+                None,
+            ));
+        }
+    } else {
+        frames.push(chunk(
+            choice(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                Value::Null,
+            ),
+            None,
+        ));
+    }
     for piece in pieces {
         frames.push(chunk(choice(json!({"content": piece}), Value::Null), None));
     }

@@ -9,7 +9,7 @@ use super::faults::FaultInjector;
 use super::openai;
 use super::ratelimit::{openai_duration, retry_after_secs, Decision, TokenBucket};
 use super::reply::{count_words, reply_text};
-use super::request::{ChatRequest, Completion};
+use super::request::{Answer, ChatRequest, Completion};
 use super::stats::{Outcome, Stats, ANTHROPIC_PATH, OPENAI_PATH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -17,15 +17,19 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Request bodies above this are refused (413) rather than buffered.
 const MAX_BODY: usize = 32 << 20;
+/// System prompts the mock's prompt cache holds at most (a bound on its memory).
+const MAX_CACHED_SYSTEMS: usize = 1 << 20;
 /// `retry-after-ms` of an injected 429: short, so fault tests stay fast.
 const FAULT_RETRY_AFTER: Duration = Duration::from_millis(20);
 
@@ -43,6 +47,8 @@ pub(crate) struct Shared {
     /// Per-server random prefix plus a counter: unique, cheap ids.
     id_base: u64,
     ids: AtomicU64,
+    /// System prompts answered so far (hashes, per provider): the prompt cache's contents.
+    cached_systems: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
@@ -54,6 +60,7 @@ impl Shared {
             delays: (config.latency_ms + config.latency_jitter_ms > 0).then(Delays::start),
             id_base: rand::random(),
             ids: AtomicU64::new(0),
+            cached_systems: Mutex::new(HashSet::new()),
             stats: Stats::default(),
             config,
         }
@@ -78,6 +85,26 @@ impl Shared {
         decision.filter(|_| self.config.rate_limit_headers)
     }
 
+    /// Whether `system` was answered before for `provider` (read from the cache), marking it
+    /// as answered. The cache holds at most [`MAX_CACHED_SYSTEMS`] prompts; later ones are
+    /// never cached.
+    fn cached(&self, provider: Provider, system: &str) -> bool {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (provider.wire(), system).hash(&mut hasher);
+        let hash = hasher.finish();
+        let mut seen = self
+            .cached_systems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&hash) {
+            return true;
+        }
+        if seen.len() < MAX_CACHED_SYSTEMS {
+            seen.insert(hash);
+        }
+        false
+    }
+
     fn next_id(&self) -> String {
         format!(
             "{:016x}{:08x}",
@@ -87,19 +114,53 @@ impl Shared {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Provider {
     OpenAi,
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire format at `/openai/deployments/{deployment}/chat/completions`.
+    Azure,
 }
+
+/// Azure's body for a missing `api-version` (and any unknown URL): a 404.
+const AZURE_NOT_FOUND: &str = r#"{"error":{"code":"404","message":"Resource not found"}}"#;
+/// Azure's body for a missing or wrong `api-key`.
+const AZURE_UNAUTHORIZED: &str = r#"{"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}}"#;
 
 impl Provider {
     fn error(self, err: &ApiError) -> (u16, String) {
-        match self {
-            Provider::OpenAi => openai::error(err),
-            Provider::Anthropic => anthropic::error(err),
+        match (self, err) {
+            (Provider::OpenAi, _) => openai::error(err),
+            (Provider::Anthropic, _) => anthropic::error(err),
+            (Provider::Azure, ApiError::Auth { .. }) => (401, AZURE_UNAUTHORIZED.to_string()),
+            (Provider::Azure, ApiError::NotFound { .. }) => (404, AZURE_NOT_FOUND.to_string()),
+            (Provider::Azure, _) => openai::error(err),
         }
     }
+
+    /// The wire format: Azure's is OpenAI's.
+    fn wire(self) -> Provider {
+        match self {
+            Provider::Azure => Provider::OpenAi,
+            other => other,
+        }
+    }
+}
+
+/// The deployment of an Azure path `/openai/deployments/{deployment}/chat/completions`.
+fn azure_deployment(path: &str) -> Option<&str> {
+    let deployment = path
+        .strip_prefix("/openai/deployments/")?
+        .strip_suffix("/chat/completions")?;
+    (!deployment.is_empty() && !deployment.contains('/')).then_some(deployment)
+}
+
+/// The `api-version` query parameter, if given and not empty.
+fn api_version(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("api-version="))
+        .filter(|v| !v.is_empty())
 }
 
 /// Accepts connections until `shutdown` turns true, one task per connection.
@@ -152,6 +213,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
     let provider = match req.uri().path() {
         OPENAI_PATH => Provider::OpenAi,
         ANTHROPIC_PATH => Provider::Anthropic,
+        path if azure_deployment(path).is_some() => Provider::Azure,
         "/health" => return Ok(control(&req, Method::GET, || r#"{"status":"ok"}"#.into())),
         "/_mock/stats" => {
             return Ok(control(&req, Method::GET, || {
@@ -173,6 +235,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
         }
     };
     shared.stats.request(req.uri().path());
+    shared.stats.headers(req.headers());
     match api(&shared, provider, req).await {
         Ok(resp) => Ok(resp),
         Err(Reject::Api(err, decision)) => {
@@ -211,6 +274,12 @@ async fn api(
     if req.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed.into());
     }
+    // Azure: without an api-version the URL names no resource.
+    let deployment = azure_deployment(req.uri().path()).map(str::to_string);
+    if provider == Provider::Azure && api_version(req.uri().query()).is_none() {
+        let path = req.uri().path().to_string();
+        return Err(ApiError::NotFound { path }.into());
+    }
     check_auth(&shared.config, provider, req.headers())?;
     if shared.config.quota_exhausted {
         return Err(ApiError::Quota.into());
@@ -221,9 +290,12 @@ async fn api(
         .map_err(|_| ApiError::BodyTooLarge)?
         .to_bytes();
     let chat = match provider {
-        Provider::OpenAi => openai::parse(&body)?,
+        Provider::OpenAi => openai::parse(&body, None)?,
+        // Azure takes the model from the deployment when the body names none.
+        Provider::Azure => openai::parse(&body, deployment.as_deref())?,
         Provider::Anthropic => anthropic::parse(&body)?,
     };
+    shared.stats.params(&chat.fields);
     if shared.config.track_prompts {
         shared.stats.prompt(&chat.last_user_text);
     }
@@ -310,11 +382,19 @@ fn check_auth(
                 return Err(ApiError::MissingVersion);
             }
         }
+        Provider::Azure => {
+            let key = header("api-key").unwrap_or_default();
+            if key != config.api_key {
+                return Err(ApiError::Auth {
+                    key: key.into_owned(),
+                });
+            }
+        }
     }
     Ok(())
 }
 
-/// The successful (or cut) reply, whole or streamed.
+/// The successful (or cut) reply, whole or streamed (see `mod.rs` for the rules).
 fn reply(
     shared: &Shared,
     provider: Provider,
@@ -322,30 +402,68 @@ fn reply(
     decision: Option<&Decision>,
     cut: bool,
 ) -> Response<MockBody> {
-    let (text, truncated) = reply_text(&chat.last_user_text, chat.max_tokens);
+    let (text, truncated) = match &chat.answer {
+        Answer::Echo => reply_text(&chat.last_user_text, chat.max_tokens),
+        Answer::Json(json) => (json.clone(), false),
+        Answer::Tool { .. } => (String::new(), false),
+    };
     let suffix = shared.next_id();
+    let wire = provider.wire();
+    let tool_call = match &chat.answer {
+        Answer::Tool { name, arguments } => Some((
+            match wire {
+                Provider::Anthropic => format!("toolu_01{suffix}"),
+                _ => format!("call_{suffix}"),
+            },
+            name.clone(),
+            arguments.clone(),
+        )),
+        _ => None,
+    };
+    let visible = count_words(&text) as u64
+        + tool_call
+            .as_ref()
+            .map_or(0, |(_, _, arguments)| count_words(arguments) as u64);
+    let reasoning_tokens = if chat.reasoning { visible } else { 0 };
+    let cached = chat
+        .system
+        .as_deref()
+        .map(|system| shared.cached(provider, system));
     let completion = Completion {
-        id: match provider {
-            Provider::OpenAi => format!("chatcmpl-{suffix}"),
+        id: match wire {
             Provider::Anthropic => format!("msg_01{suffix}"),
+            _ => format!("chatcmpl-{suffix}"),
         },
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        completion_tokens: count_words(&text) as u64,
+        completion_tokens: visible + reasoning_tokens,
         text,
         truncated,
+        tool_call,
+        reasoning_tokens,
+        cached_tokens: if cached == Some(true) {
+            chat.system_tokens
+        } else {
+            0
+        },
+        cache_write_tokens: if cached == Some(false) && wire == Provider::Anthropic {
+            chat.system_tokens
+        } else {
+            0
+        },
     };
     shared.stats.outcome(if cut {
         Outcome::Cut
     } else {
         Outcome::Status(200)
     });
-    let (body, content_type) = if chat.stream {
+    let stream = chat.stream && !shared.config.stream_as_json;
+    let (body, content_type) = if stream {
         shared.stats.streamed();
-        let mut frames = match provider {
-            Provider::OpenAi => openai::stream_frames(chat, &completion),
+        let mut frames = match wire {
             Provider::Anthropic => anthropic::stream_frames(chat, &completion),
+            _ => openai::stream_frames(chat, &completion),
         };
         if cut {
             // Keep the first half: always at least one event, never the final one.
@@ -356,9 +474,9 @@ fn reply(
             "text/event-stream; charset=utf-8",
         )
     } else {
-        let json = Bytes::from(match provider {
-            Provider::OpenAi => openai::body(chat, &completion),
+        let json = Bytes::from(match wire {
             Provider::Anthropic => anthropic::body(chat, &completion),
+            _ => openai::body(chat, &completion),
         });
         let body = if cut {
             MockBody::cut(json)
@@ -370,7 +488,7 @@ fn reply(
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if chat.stream {
+    if stream {
         headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     }
     common_headers(headers, provider, &suffix, shared.stated(decision));
@@ -403,7 +521,7 @@ fn error_response(
         // Real Anthropic 429s carry only `retry-after`; the injected 429 sends the precise
         // value on both so that fault tests stay fast. A mock without rate-limit headers is a
         // gateway that states nothing but `retry-after`.
-        if shared.config.rate_limit_headers && (provider == Provider::OpenAi || *injected) {
+        if shared.config.rate_limit_headers && (provider.wire() == Provider::OpenAi || *injected) {
             let ms = retry_after.as_millis().max(1) as u64;
             headers.insert("retry-after-ms", HeaderValue::from(ms));
         }
@@ -433,7 +551,7 @@ fn common_headers(
         }
     };
     match provider {
-        Provider::OpenAi => {
+        Provider::OpenAi | Provider::Azure => {
             set(headers, "x-request-id", format!("req_{id}"));
             if let Some(d) = decision {
                 set(headers, "x-ratelimit-limit-requests", d.limit.to_string());

@@ -21,6 +21,12 @@ pub struct MockStats {
     /// Requests per last-user-message text (only with `track_prompts`): every attempt that
     /// passed auth and validation, whatever its outcome, so retries show up as counts above 1.
     pub prompts: BTreeMap<String, u64>,
+    /// Requests per top-level body field beyond `model` and `messages` (`stream`,
+    /// `temperature`, `tools`, ...): every request whose body parsed and validated.
+    pub params: BTreeMap<String, u64>,
+    /// Requests per non-standard request header name (`anthropic-beta`, a gateway's own; not
+    /// `content-type`, the key's header, `anthropic-version`, ...): names only, never values.
+    pub headers: BTreeMap<String, u64>,
 }
 
 /// How one request ended, as counted in [`MockStats::by_status`].
@@ -50,6 +56,44 @@ pub(crate) struct Stats {
     streamed: AtomicU64,
     other_paths: Mutex<BTreeMap<String, u64>>,
     prompts: Mutex<BTreeMap<String, u64>>,
+    params: Mutex<BTreeMap<String, u64>>,
+    headers: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Headers every client sends, or the providers define: not counted in `MockStats::headers`.
+const STANDARD_HEADERS: [&str; 15] = [
+    "host",
+    "content-type",
+    "content-length",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "connection",
+    "transfer-encoding",
+    "te",
+    "expect",
+    "keep-alive",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "anthropic-version",
+];
+
+/// Adds one to each name's count, under one lock.
+fn count_names<'a>(map: &Mutex<BTreeMap<String, u64>>, names: impl Iterator<Item = &'a str>) {
+    let mut names = names.peekable();
+    if names.peek().is_none() {
+        return;
+    }
+    let mut map = lock(map);
+    for name in names {
+        match map.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(name.to_string(), 1);
+            }
+        }
+    }
 }
 
 impl Stats {
@@ -86,6 +130,20 @@ impl Stats {
 
     pub(crate) fn streamed(&self) {
         self.streamed.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request's top-level body fields (beyond model and messages).
+    pub(crate) fn params(&self, fields: &[String]) {
+        count_names(&self.params, fields.iter().map(String::as_str));
+    }
+
+    /// Counts a request's non-standard header names.
+    pub(crate) fn headers(&self, headers: &hyper::HeaderMap) {
+        let names = headers
+            .keys()
+            .map(|name| name.as_str())
+            .filter(|name| !STANDARD_HEADERS.contains(name));
+        count_names(&self.headers, names);
     }
 
     pub(crate) fn prompt(&self, text: &str) {
@@ -133,6 +191,8 @@ impl Stats {
             by_path,
             streamed: self.streamed.load(Relaxed),
             prompts: lock(&self.prompts).clone(),
+            params: lock(&self.params).clone(),
+            headers: lock(&self.headers).clone(),
         }
     }
 
@@ -149,6 +209,8 @@ impl Stats {
         }
         lock(&self.other_paths).clear();
         lock(&self.prompts).clear();
+        lock(&self.params).clear();
+        lock(&self.headers).clear();
     }
 }
 
@@ -171,7 +233,23 @@ mod tests {
         s.outcome(Outcome::Cut);
         s.prompt("a");
         s.prompt("a");
+        s.params(&["stream".to_string(), "seed".to_string()]);
+        s.params(&["stream".to_string()]);
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("anthropic-beta", "x".parse().unwrap());
+        headers.insert("x-secret-token", "hidden-value".parse().unwrap());
+        s.headers(&headers);
         let snap = s.snapshot();
+        assert_eq!(snap.params["stream"], 2);
+        assert_eq!(snap.params["seed"], 1);
+        assert_eq!(
+            snap.headers.keys().collect::<Vec<_>>(),
+            ["anthropic-beta", "x-secret-token"]
+        );
+        assert!(!serde_json::to_string(&snap)
+            .unwrap()
+            .contains("hidden-value"));
         assert_eq!(snap.requests, 2);
         assert_eq!(snap.by_status["200"], 1);
         assert_eq!(snap.by_status["cut"], 1);

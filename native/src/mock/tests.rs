@@ -207,7 +207,9 @@ async fn anthropic_plain_body_is_exact() {
         json!({"id": "X", "type": "message", "role": "assistant", "model": "claude-x",
             "content": [{"type": "text", "text": "Echo: hi there"}],
             "stop_reason": "max_tokens", "stop_sequence": null,
-            "usage": {"input_tokens": 5, "output_tokens": 3}})
+            // The system prompt's first answer writes it to the cache.
+            "usage": {"input_tokens": 3, "cache_creation_input_tokens": 2,
+                "cache_read_input_tokens": 0, "output_tokens": 3}})
     );
 }
 
@@ -241,7 +243,11 @@ async fn anthropic_stream_sequence() {
     for (name, d) in names.iter().zip(&data) {
         assert_eq!(d["type"], *name);
     }
-    assert_eq!(data[0]["message"]["usage"]["input_tokens"], 4);
+    assert_eq!(data[0]["message"]["usage"]["input_tokens"], 2);
+    assert_eq!(
+        data[0]["message"]["usage"]["cache_creation_input_tokens"],
+        2
+    );
     let text: String = data[3..6]
         .iter()
         .map(|d| d["delta"]["text"].as_str().unwrap())
@@ -719,7 +725,8 @@ async fn stats_and_control_endpoints() {
         v,
         json!({"requests": 4, "by_status": {"200": 3, "404": 1},
             "by_path": {"/v1/chat/completions": 2, "/v1/messages": 1, "/v1/nope": 1},
-            "streamed": 0, "prompts": {"p1": 2, "p2": 1}})
+            "streamed": 0, "prompts": {"p1": 2, "p2": 1},
+            "params": {"max_tokens": 1, "system": 1}, "headers": {}})
     );
     assert_eq!(serde_json::to_value(srv.stats()).unwrap(), v);
     let reset = http
@@ -799,4 +806,348 @@ async fn throughput() {
     }
     println!("mock throughput: {} req/s", total / 3);
     assert_eq!(srv.stats().requests, total);
+}
+
+async fn send_with_headers(
+    srv: &MockServer,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> Reply {
+    let mut req = client()
+        .post(format!("http://{}{path}", srv.local_addr()))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        text,
+        body_error: false,
+    }
+}
+
+#[tokio::test]
+async fn reasoning_models_refuse_max_tokens_and_temperature_as_openai_does() {
+    let srv = start(MockConfig::default());
+    let mut body = oa_body("think");
+    body["model"] = json!("o4-mini");
+    body["max_tokens"] = json!(100);
+    let r = openai(&srv, body.clone()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+            "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}})
+    );
+    body.as_object_mut().unwrap().remove("max_tokens");
+    body["max_completion_tokens"] = json!(100);
+    body["temperature"] = json!(0.2);
+    body["model"] = json!("gpt-5-mini-2025-08-07");
+    let r = openai(&srv, body.clone()).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"message": "Unsupported value: 'temperature' does not support 0.2 with this model. Only the default (1) value is supported.",
+            "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}})
+    );
+    // The default temperature and max_completion_tokens are fine; reasoning tokens are reported.
+    body["temperature"] = json!(1);
+    let r = openai(&srv, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "Echo: think");
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        2
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+    // The same body for another model: no refusal, no details.
+    body["model"] = json!("gpt-4o-mini");
+    body["temperature"] = json!(0.2);
+    body["max_tokens"] = json!(100);
+    let v = openai(&srv, body).await.json();
+    assert_eq!(v["usage"]["completion_tokens"], 2);
+    assert!(v["usage"].get("completion_tokens_details").is_none());
+}
+
+#[tokio::test]
+async fn a_system_prompt_seen_before_is_read_from_the_cache() {
+    let srv = start(MockConfig::default());
+    let usage = |v: Value| v["usage"].clone();
+    // OpenAI: the first answer caches nothing; the second reads the system prompt's 2 words.
+    let first = usage(openai(&srv, oa_body("one")).await.json());
+    assert!(first.get("prompt_tokens_details").is_none(), "{first}");
+    let second = usage(openai(&srv, oa_body("two")).await.json());
+    assert_eq!(second["prompt_tokens"], 3);
+    assert_eq!(second["prompt_tokens_details"]["cached_tokens"], 2);
+    // Anthropic: the first answer writes the cache, the next ones read it.
+    let first = usage(anthropic(&srv, an_body("one")).await.json());
+    assert_eq!(
+        first,
+        json!({"input_tokens": 1, "cache_creation_input_tokens": 2, "cache_read_input_tokens": 0, "output_tokens": 2})
+    );
+    let mut streamed = an_body("two");
+    streamed["stream"] = json!(true);
+    let r = anthropic(&srv, streamed).await;
+    let start: Value = serde_json::from_str(&frames(&r.text)[0].1).unwrap();
+    assert_eq!(
+        start["message"]["usage"],
+        json!({"input_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2, "output_tokens": 1})
+    );
+    // No system prompt, nothing cached.
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+    assert!(usage(openai(&srv, body).await.json())
+        .get("prompt_tokens_details")
+        .is_none());
+}
+
+fn weather_tool_openai() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1},
+            "unit": {"type": "string", "enum": ["c", "f"]}},
+        "required": ["city", "days", "unit"], "additionalProperties": false}}}])
+}
+
+#[tokio::test]
+async fn tools_named_in_the_prompt_are_called_openai() {
+    let srv = start(MockConfig::default());
+    let mut body = oa_body("please get_weather for Paris");
+    body["tools"] = weather_tool_openai();
+    let r = openai(&srv, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "", "days": 1, "unit": "c"}));
+    // Streamed: the id and name, then the arguments in pieces.
+    body["stream"] = json!(true);
+    let r = openai(&srv, body.clone()).await;
+    let chunks: Vec<Value> = frames(&r.text)
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), arguments);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    // A prompt that names no tool gets text; tool_choice "none" never calls one.
+    let mut plain = oa_body("hello");
+    plain["tools"] = weather_tool_openai();
+    let v = openai(&srv, plain.clone()).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "Echo: hello");
+    plain["tool_choice"] = json!("required");
+    let v = openai(&srv, plain).await.json();
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    body["stream"] = json!(false);
+    body["tool_choice"] = json!("none");
+    let v = openai(&srv, body).await.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // A tool without a function is refused as the API does.
+    let mut bad = oa_body("x");
+    bad["tools"] = json!([{"type": "function"}]);
+    let r = openai(&srv, bad).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "tools[0].function");
+}
+
+#[tokio::test]
+async fn tools_named_in_the_prompt_are_called_anthropic() {
+    let srv = start(MockConfig::default());
+    let tools = json!([{"name": "lookup", "description": "d", "input_schema": {
+        "type": "object", "properties": {"q": {"type": "string", "minLength": 2}}, "required": ["q"]}}]);
+    let mut body = an_body("lookup the answer");
+    body["tools"] = tools.clone();
+    let r = anthropic(&srv, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["stop_reason"], "tool_use");
+    let block = &v["content"][0];
+    assert_eq!(block["type"], "tool_use");
+    assert!(block["id"].as_str().unwrap().starts_with("toolu_"));
+    assert_eq!(
+        (&block["name"], &block["input"]),
+        (&json!("lookup"), &json!({"q": "xx"}))
+    );
+    body["stream"] = json!(true);
+    let r = anthropic(&srv, body).await;
+    let data: Vec<Value> = frames(&r.text)
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(data[1]["content_block"]["type"], "tool_use");
+    let partial: String = data
+        .iter()
+        .filter(|d| d["delta"]["type"] == "input_json_delta")
+        .map(|d| d["delta"]["partial_json"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&partial).unwrap(),
+        json!({"q": "xx"})
+    );
+    let stop = data.iter().find(|d| d["type"] == "message_delta").unwrap();
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+    // A forced tool is called whatever the prompt says.
+    let mut forced = an_body("anything");
+    forced["tools"] = tools;
+    forced["tool_choice"] = json!({"type": "tool", "name": "lookup"});
+    assert_eq!(
+        anthropic(&srv, forced).await.json()["content"][0]["name"],
+        "lookup"
+    );
+}
+
+#[tokio::test]
+async fn structured_output_is_json_that_fits_the_schema() {
+    let srv = start(MockConfig::default());
+    let schema = json!({"type": "object", "properties": {
+        "answer": {"type": "string"}, "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "sources": {"type": "array", "items": {"type": "string"}}},
+        "required": ["answer", "confidence", "sources"], "additionalProperties": false});
+    let want = json!({"answer": "", "confidence": 0, "sources": []});
+    let mut body = oa_body("what?");
+    body["response_format"] = json!({"type": "json_schema",
+        "json_schema": {"name": "reply", "strict": true, "schema": schema}});
+    let v = openai(&srv, body.clone()).await.json();
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(text).unwrap(), want);
+    body["stream"] = json!(true);
+    let r = openai(&srv, body).await;
+    let text: String = frames(&r.text)
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .filter_map(|(_, d)| {
+            let c: Value = serde_json::from_str(d).unwrap();
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), want);
+    // Anthropic: output_config.format (GA) and output_format (beta).
+    for field in ["output_config", "output_format"] {
+        let mut body = an_body("what?");
+        let format = json!({"type": "json_schema", "schema": schema});
+        body[field] = if field == "output_config" {
+            json!({"format": format})
+        } else {
+            format
+        };
+        let v = anthropic(&srv, body).await.json();
+        let text = v["content"][0]["text"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(text).unwrap(),
+            want,
+            "{field}"
+        );
+    }
+    let mut bad = oa_body("x");
+    bad["response_format"] = json!({"type": "json_schema"});
+    assert_eq!(openai(&srv, bad).await.status, 400);
+}
+
+#[tokio::test]
+async fn stats_count_params_and_header_names_never_values() {
+    let srv = start(MockConfig::default());
+    let mut body = oa_body("x");
+    body["seed"] = json!(7);
+    body["top_p"] = json!(0.5);
+    let headers = [
+        ("authorization", "Bearer mock-key"),
+        ("anthropic-beta", "tools-2024"),
+        ("x-gateway-token", "very-secret-value"),
+    ];
+    let r = send_with_headers(&srv, "/v1/chat/completions", &headers, &body).await;
+    assert_eq!(r.status, 200);
+    let stats = srv.stats();
+    assert_eq!(
+        stats.params,
+        [("seed".to_string(), 1), ("top_p".to_string(), 1)].into()
+    );
+    assert_eq!(
+        stats.headers.keys().collect::<Vec<_>>(),
+        ["anthropic-beta", "x-gateway-token"]
+    );
+    let text = serde_json::to_string(&stats).unwrap();
+    assert!(!text.contains("very-secret-value") && !text.contains("mock-key"));
+}
+
+#[tokio::test]
+async fn azure_deployments_are_served_like_openai() {
+    let srv = start(MockConfig::default());
+    let path = "/openai/deployments/gpt-4o-prod/chat/completions";
+    let body = json!({"messages": [{"role": "user", "content": "hi azure"}]});
+    let with_version = format!("{path}?api-version=2024-10-21");
+    let r = send_with_headers(&srv, &with_version, &[("api-key", "mock-key")], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["model"], "gpt-4o-prod");
+    assert_eq!(v["choices"][0]["message"]["content"], "Echo: hi azure");
+    // No api-version: Azure's 404. A wrong key: Azure's 401 (Bearer is not its header).
+    let r = send_with_headers(&srv, path, &[("api-key", "mock-key")], &body).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json(),
+        json!({"error": {"code": "404", "message": "Resource not found"}})
+    );
+    let r = send_with_headers(
+        &srv,
+        &with_version,
+        &[("authorization", "Bearer mock-key")],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "401");
+    // A reasoning deployment refuses max_tokens as OpenAI does.
+    let mut reasoning = body.clone();
+    reasoning["model"] = json!("o3-mini");
+    reasoning["max_tokens"] = json!(5);
+    let r = send_with_headers(&srv, &with_version, &[("api-key", "mock-key")], &reasoning).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!("unsupported_parameter"))
+    );
+    assert_eq!(srv.stats().by_path[path], 4);
+}
+
+#[tokio::test]
+async fn stream_as_json_answers_a_stream_with_a_whole_body() {
+    let srv = start(MockConfig {
+        stream_as_json: true,
+        ..MockConfig::default()
+    });
+    let mut body = oa_body("whole");
+    body["stream"] = json!(true);
+    let r = openai(&srv, body).await;
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "Echo: whole");
+    assert_eq!(srv.stats().streamed, 0);
 }
