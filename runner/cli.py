@@ -59,7 +59,13 @@ def run(
     system: Annotated[Optional[str], typer.Option(help="A system prompt for every row.")] = None,
     id_column: Annotated[Optional[str], typer.Option(help="The column holding each row's id (default: `id`, else the row's position).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate per row.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate per row (sent as max_completion_tokens to OpenAI reasoning models).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="A body field for every request, KEY=VALUE (VALUE is JSON, else a string): seed=7, top_p=0.9, stop='[\"\\n\"]', reasoning_effort=low. Repeatable; a row's `params` column overrides it.")] = None,
+    header: Annotated[Optional[list[str]], typer.Option("--header", help="An extra request header, NAME=VALUE (repeatable); a credential as NAME=env:VARIABLE.")] = None,
+    response_format: Annotated[Optional[Path], typer.Option(help="A JSON schema file: answers must match it (OpenAI response_format, Anthropic output_config); the json scorer checks it.")] = None,
+    tools: Annotated[Optional[Path], typer.Option(help="A JSON file with a list of tool definitions, sent as `tools`; tool calls land in the `tool_calls` column.")] = None,
+    keep_raw: Annotated[bool, typer.Option("--keep-raw", help="Keep each response's JSON in a `raw` column.")] = False,
+    api_version: Annotated[Optional[str], typer.Option(help="Azure OpenAI's api-version (else OPENAI_API_VERSION).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N rows.")] = None,
     cache: Annotated[Optional[bool], typer.Option("--cache", help="Reuse identical earlier responses (SQLite in the user cache dir).")] = None,
     max_cost: Annotated[Optional[float], typer.Option(help="USD; stop dispatching when the run has spent this much.")] = None,
@@ -83,13 +89,17 @@ def run(
         "template_file": template_file, "system": system, "id_column": id_column,
         "temperature": temperature, "max_tokens": max_tokens, "cache": cache, "max_cost": max_cost,
         "max_failures": max_failures, "min_pass_rate": min_pass_rate,
+        "response_format": str(response_format) if response_format else None, "tools": str(tools) if tools else None,
     }
     extra = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
              "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port,
-             "fail_fast": fail_fast}
+             "fail_fast": fail_fast, "keep_raw": keep_raw, "api_version": api_version}
     try:
         from runner.engine import observability
+        from runner.engine.request import pairs
 
+        flags["params"] = pairs("--param", param, json_values=True) if param else None
+        flags["headers"] = pairs("--header", header, json_values=False) if header else None
         observability.setup_logging(log_level, log_format)
         if job is not None:
             opts, loaded = job_options(job, flags, extra)
@@ -243,6 +253,7 @@ def mock_server(
     fault_rate: Annotated[float, typer.Option(help="Share of requests that get an injected fault (0..1).")] = 0.0,
     faults: Annotated[str, typer.Option(help="Comma-separated fault kinds: 429,500,502,503,529,reset,cut.")] = "429,500,502,503,529,reset,cut",
     bad_marker: Annotated[str, typer.Option(help="Prompts containing this text get a permanent 400.")] = "[[bad]]",
+    stream_as_json: Annotated[bool, typer.Option("--stream-as-json", help="Answer streaming requests with one JSON body, as some gateways do.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the fault draws.")] = 0,
 ) -> None:
     """Serve the OpenAI- and Anthropic-compatible mock API until Ctrl-C."""
@@ -266,6 +277,7 @@ def mock_server(
         "fault_rate": fault_rate,
         "faults": [f.strip() for f in faults.split(",") if f.strip()],
         "bad_marker": bad_marker,
+        "stream_as_json": stream_as_json,
         "seed": seed,
     }
     try:

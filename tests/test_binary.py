@@ -118,3 +118,10 @@ def test_does_not_link_libpython(binary: Path) -> None:
         pytest.skip("no ldd")
     linked = subprocess.run(["ldd", str(binary)], check=False, capture_output=True, text=True).stdout
     assert "libpython" not in linked
+
+
+def test_a_stream_answered_with_json_prints_its_text(binary: Path, tmp_path: Path) -> None:
+    server = mock(stream_as_json=True)
+    path = request_file(tmp_path, server, "openai", "whole json answer")
+    streamed = call(binary, "--request-file", str(path), "--stream", env={"OPENAI_API_KEY": server.api_key})
+    assert (streamed.returncode, streamed.stdout) == (0, expected_reply("whole json answer") + "\n")

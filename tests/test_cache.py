@@ -66,8 +66,12 @@ def test_keys_ignore_stream_and_limits() -> None:
     import inspect
 
     params = set(inspect.signature(cache_key).parameters)
-    assert params == {"provider", "api_base", "model", "messages_json", "system", "temperature", "max_tokens"}
+    assert params == {"provider", "api_base", "model", "messages_json", "system", "temperature", "max_tokens", "params"}
     assert cache_key(**BASE) == cache_key(**dict(BASE))  # type: ignore[arg-type]
+    # Body parameters are part of the key; none at all keeps the keys of earlier versions.
+    assert cache_key(**BASE, params={}) == cache_key(**BASE)  # type: ignore[arg-type]
+    assert cache_key(**BASE, params={"seed": 1}) != cache_key(**BASE, params={"seed": 2})  # type: ignore[arg-type]
+    assert cache_key(**BASE, params={"a": 1, "b": 2}) == cache_key(**BASE, params={"b": 2, "a": 1})  # type: ignore[arg-type]
 
 
 def test_batched_keys_match_single_keys() -> None:
@@ -190,3 +194,25 @@ def test_store_results_keeps_only_ok_rows(tmp_path: Path) -> None:
         assert cache.lookup(["c"])["c"] == result(2)
         with pytest.raises(ValueError):
             cache.store_results(["a"], table)
+
+
+def test_an_older_cache_file_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE responses (key TEXT PRIMARY KEY, output TEXT, finish_reason TEXT, prompt_tokens INTEGER,"
+        " completion_tokens INTEGER, http_status INTEGER, request_hash TEXT, created_at REAL) WITHOUT ROWID"
+    )
+    conn.execute("INSERT INTO responses VALUES ('old', 'kept', 'stop', 1, 2, 200, 'h', 0)")
+    conn.commit()
+    conn.close()
+    with ResponseCache.open(path) as cache:
+        assert cache.lookup(["old"])["old"]["output"] == "kept"
+        calls = '[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]'
+        cache.store([("new", {"output": "", "tool_calls": calls, "reasoning_tokens": 5, "cached_prompt_tokens": 3})])
+        hit = cache.lookup(["new"])["new"]
+    assert (hit["tool_calls"], hit["reasoning_tokens"], hit["cached_prompt_tokens"]) == (calls, 5, 3)
+    table = hits_table([4], ["new"], {"new": hit})
+    assert table.column("tool_calls").to_pylist() == [calls]

@@ -118,12 +118,12 @@ def test_the_shipped_jobs_load() -> None:
 
 def test_every_mistake_is_reported_with_its_key_path(tmp_path: Path) -> None:
     text = GOOD.replace("concurrency = 32", "concurency = 32").replace("rpm = 500", 'rpm = "fast"')
-    text = text.replace('provider = "anthropic"', 'provider = "azure"').replace('method = "exact"', 'method = "fuzzy"')
+    text = text.replace('provider = "anthropic"', 'provider = "bedrock"').replace('method = "exact"', 'method = "fuzzy"')
     text = text.replace("timeout = 60", "timeout = -1").replace("temperature = 0", "temperature = true")
     found = mistakes(tmp_path, text)
     assert found == [
         "request.temperature: expected a number between 0 and 2, got true",
-        "models[1].provider: expected 'openai', 'anthropic' or 'mock', got \"azure\"",
+        "models[1].provider: expected 'openai', 'anthropic', 'azure' or 'mock', got \"bedrock\"",
         "limits.concurency: unknown key (did you mean 'concurrency'?)",
         'limits.rpm: expected a positive integer, got "fast"',
         "limits.timeout: expected a positive number, got -1",
@@ -274,8 +274,8 @@ def test_cli_override_values_are_checked(tmp_path: Path) -> None:
     job = load_good(tmp_path)
     with pytest.raises(InputError, match=r"^--rpm: expected a positive integer, got 0$"):
         merge_cli(job, {"rpm": 0})
-    with pytest.raises(InputError, match=r"^--provider: expected 'openai', 'anthropic' or 'mock', got \"azure\"$"):
-        merge_cli(job, {"provider": "azure"})
+    with pytest.raises(InputError, match=r"^--provider: expected 'openai', 'anthropic', 'azure' or 'mock', got \"bedrock\"$"):
+        merge_cli(job, {"provider": "bedrock"})
     unscored = merge_cli(job, {})
     from dataclasses import replace
 

@@ -128,3 +128,16 @@ def test_bad_flag_values_exit_2_with_one_line(flags: list[str], says: str) -> No
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], res.stderr
+
+
+def test_stream_as_json_answers_a_stream_with_one_json_body() -> None:
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with mock_server("--stream-as-json") as url:
+        req = urllib.request.Request(
+            url + "/v1/chat/completions", data=json.dumps(body).encode(),
+            headers={"content-type": "application/json", "authorization": "Bearer mock-key"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.headers["content-type"].startswith("application/json")
+            answer = json.load(resp)
+    assert answer["choices"][0]["message"]["content"] == "Echo: hi"

@@ -52,18 +52,20 @@ class ModelConfig:
 
     api_key: str | None = field(default=None, repr=False)
     api_base: str | None = None
-    provider: Literal["openai", "anthropic"] = "openai"
+    provider: Literal["openai", "anthropic", "azure"] = "openai"
     model: str = ""
     temperature: float | None = None
     max_tokens: int | None = None
     stream: bool = False
     max_retries: int = 2
     timeout: float = 60.0
+    #: Azure OpenAI's api-version (else OPENAI_API_VERSION); `model` is the deployment.
+    api_version: str | None = None
 
     def to_json(self) -> str:
         """The settings as the native client reads them (the key included: never log this)."""
-        if self.provider not in ("openai", "anthropic"):
-            raise ValueError(f"provider: expected 'openai' or 'anthropic', got {self.provider!r}")
+        if self.provider not in ("openai", "anthropic", "azure"):
+            raise ValueError(f"provider: expected 'openai', 'anthropic' or 'azure', got {self.provider!r}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries: must be 0 or more, got {self.max_retries}")
         return json.dumps(asdict(self))
@@ -89,6 +91,12 @@ class Usage:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # The details below are parts of the two counts above (equality compares the counts only).
+    #: Output tokens spent reasoning (inside `completion_tokens`).
+    reasoning_tokens: int | None = field(default=None, compare=False)
+    #: Prompt tokens read from, and written to, the provider's prompt cache (inside `prompt_tokens`).
+    cached_prompt_tokens: int | None = field(default=None, compare=False)
+    cache_write_tokens: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,9 @@ class Response:
     ttft_ms: float | None
     attempts: int
     http_status: int
+    #: The model's refusal (OpenAI `message.refusal`), and its tool calls as a JSON array.
+    refusal: str | None = None
+    tool_calls: str | None = None
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -237,11 +248,19 @@ def _response(item: dict[str, Any]) -> Response:
     return Response(
         content=item["text"],
         finish_reason=item["finish_reason"],
-        usage=Usage(item["prompt_tokens"], item["completion_tokens"]),
+        usage=Usage(
+            item["prompt_tokens"],
+            item["completion_tokens"],
+            item.get("reasoning_tokens"),
+            item.get("cached_prompt_tokens"),
+            item.get("cache_write_tokens"),
+        ),
         latency_ms=item["latency_ms"],
         ttft_ms=item["ttft_ms"],
         attempts=item["attempts"],
         http_status=item["http_status"],
+        refusal=item.get("refusal"),
+        tool_calls=item.get("tool_calls"),
     )
 
 

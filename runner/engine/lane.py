@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 from runner.store.cache import ResponseCache, cache_keys, hits_table
 from runner.inputs.dataset import iter_chunks
 from runner.engine.endpoint import Endpoint
+from runner.engine.request import resolve_headers
 from runner.engine.spec import Lane, RunSpec
-from runner.engine.pricing import cost_column
+from runner.engine.pricing import row_costs
 from runner.inputs.render import RequestSpec, Renderer, plan
 from runner.schema import RESULT_FIELDS, input_column_name, result_table
 
@@ -100,25 +101,32 @@ class LaneRun:
         and key are known to work and a string of alike failures says nothing about the run.
         `log`: where the executor writes the run's log (a segment prefix; see runner.store.runlog)."""
         o, lane = self.opts, self.lane
-        return json.dumps(
-            {
-                "provider": self.ep.wire,
-                "api_base": self.ep.api_base,
-                "api_key": self.ep.api_key,
-                "model": lane.model,
-                "temperature": o.temperature,
-                "max_tokens": o.max_tokens,
-                "stream": o.stream,
-                "system": o.system,
-                "concurrency": lane.concurrency,
-                "rpm": lane.rpm,
-                "tpm": lane.tpm,
-                "max_retries": o.max_retries,
-                "timeout": o.timeout,
-                "fail_fast": o.fail_fast and not resumed,
-                "log": log,
-            }
-        )
+        config = {
+            "provider": self.ep.wire,
+            "api_base": self.ep.api_base,
+            "api_key": self.ep.api_key,
+            "model": lane.model,
+            "temperature": o.temperature,
+            "max_tokens": o.max_tokens,
+            "stream": o.stream,
+            "system": o.system,
+            "concurrency": lane.concurrency,
+            "rpm": lane.rpm,
+            "tpm": lane.tpm,
+            "max_retries": o.max_retries,
+            "timeout": o.timeout,
+            "fail_fast": o.fail_fast and not resumed,
+            "log": log,
+        }
+        # The request surface beyond messages (runner.engine.request), sent when set.
+        extra = {
+            "params": lane.params,
+            "headers": resolve_headers(o.headers),
+            "keep_raw": o.keep_raw,
+            "api_version": self.ep.api_version,
+        }
+        config.update({k: v for k, v in extra.items() if v})
+        return json.dumps(config)
 
     def renderer(self, path: Path, table: pa.Table) -> Renderer:
         # Planned once per file from its first chunk, as `scan` checked it.
@@ -201,7 +209,7 @@ class LaneRun:
         payloads: list[str] = payload_array.to_pylist()
         o = self.opts
         keys = cache_keys(self.lane.provider, self.ep.api_base if self.lane.provider != "mock" else None,
-                          self.lane.model, payloads, o.system, o.temperature, o.max_tokens)
+                          self.lane.model, payloads, o.system, o.temperature, o.max_tokens, self.lane.params)
         found = self.cache.lookup(keys)
         if found:
             self.hits.put((hits_table(rows, keys, found), True))
@@ -256,9 +264,7 @@ class LaneRun:
         columns["provider"] = pa.array([self.lane.provider] * n, pa.string())
         for f in RESULT_FIELDS:
             columns[f.name] = res.column(f.name)
-        columns["cost_usd"] = cost_column(
-            self.lane.model, res.column("prompt_tokens"), res.column("completion_tokens"), self.opts.prices
-        )
+        columns["cost_usd"] = row_costs(self.lane.model, res, self.opts.prices)
         columns["request_hash"] = res.column("request_hash")
         columns["run_id"] = pa.array([self.run_id] * n, pa.string())
         columns["cache_hit"] = pa.array([cached] * n, pa.bool_())

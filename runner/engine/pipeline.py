@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | N
     reporter = reporter or Reporter()
     paths = resolve_inputs(spec.input)
     request = RequestSpec(template=spec.template, system=spec.system, id_column=spec.id_column)
-    lanes = spec.lanes()
     digests = None if spec.dry_run else digests_in_background(paths)
     found = scan(paths, request)
+    spec = _batch_model(spec, found.batch_models)
+    lanes = spec.lanes()
+    spec.check_lanes(lanes)
     total = found.rows if spec.limit is None else min(found.rows, spec.limit)
     if digests is None:
         return dry_run(spec, paths, request, lanes, total, reporter)
@@ -66,7 +69,9 @@ def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | N
     endpoints: list[endpoint.Endpoint] = []
     try:
         for lane in lanes:
-            endpoints.append(endpoint.resolve(lane.provider, lane.api_base, lane.api_key_env, spec.mock_config))
+            endpoints.append(
+                endpoint.resolve(lane.provider, lane.api_base, lane.api_key_env, spec.mock_config, spec.api_version)
+            )
         run_dir.prepare()
         try:
             run_dir.write_record(_record(spec, request, lanes, run_id, total, inputs, saved))
@@ -78,6 +83,20 @@ def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | N
     finally:
         for ep in endpoints:
             ep.close()
+
+
+def _batch_model(spec: RunSpec, models: set[str]) -> RunSpec:
+    """An OpenAI Batch API file runs as written: the model its lines name is the run's (one per
+    file, as the Batch API has it); `--model` fills in only for lines that name none."""
+    if not models:
+        return spec
+    if len(models) > 1:
+        raise InputError(f"{spec.input}: the Batch API lines name {len(models)} models ({', '.join(sorted(models))}); "
+                         "a batch file holds one model")
+    (model,) = models
+    if spec.models:
+        raise InputError(f"{spec.input}: Batch API lines name their model ({model}); run them without a model matrix")
+    return replace(spec, model=model)
 
 
 def _settle(run: Prepared, reporter: Reporter) -> RunOutcome | None:
@@ -119,6 +138,9 @@ def request_fingerprint(spec: RunSpec, request: RequestSpec, lanes: list[Lane]) 
         "id_column": request.id_column,
         "temperature": spec.temperature,
         "max_tokens": spec.max_tokens,
+        # Added only when used, so that runs saved before they existed still match.
+        **({"params": [lane.params for lane in lanes]} if any(lane.params for lane in lanes) else {}),
+        **({"headers": dict(spec.headers)} if spec.headers else {}),
     }
 
 
@@ -174,7 +196,7 @@ def dry_run(
         table = chunk.table.slice(0, rows - seen)
         if chunk.path not in renderers:
             renderers[chunk.path] = plan(table.column_names, request, str(chunk.path))
-        payloads = renderers[chunk.path].render(table, chunk)
+        payloads = renderers[chunk.path].render_array(table, chunk).to_pylist()
         if first is None and payloads:
             first = payloads[0]
         chars += sum(len(p) for p in payloads)
@@ -196,10 +218,15 @@ def dry_run(
             f"≤{completion_tokens:,} completion tokens, estimated cost {cost}"
         )
     if first is not None:
-        message: dict[str, Any] = {"model": lanes[0].model, "messages": json.loads(first)}
+        payload = json.loads(first)
+        row = payload if isinstance(payload, dict) else {"messages": payload}
+        message: dict[str, Any] = {"model": lanes[0].model, "messages": row["messages"]}
         if spec.system:
             message["system"] = spec.system
+        message.update({**lanes[0].params, **row.get("params", {})})
         reporter.say("first request: " + json.dumps(message, ensure_ascii=False, indent=2))
+        if renderers and next(iter(renderers.values())).source == "batch":
+            reporter.say("Batch API lines run as written: every field of their body is sent; flags fill in only what a line lacks")
     return RunOutcome(spec.output, Stop.DRY_RUN, rows=rows * len(lanes))
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.engine.endpoint import MOCK_MODEL
+from runner.engine.endpoint import MOCK_MODEL, PROVIDERS
 from runner.errors import InputError
 
 
@@ -24,6 +24,8 @@ class Lane:
     concurrency: int
     rpm: int | None
     tpm: int | None
+    #: Body fields of every request of this model: the run's, then the model's own.
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +71,18 @@ class RunSpec:
     #: Stop when the first rows all fail with the same permanent error (`--no-fail-fast`: send all);
     #: a rerun with rows already settled sends its rows whatever they fail with.
     fail_fast: bool = True
+    #: Body fields for every request (`--param`, `[request.params]`), JSON values by name.
+    params: dict[str, Any] = field(default_factory=dict)
+    #: Extra request headers (`--header`, `[request.headers]`); a credential's value is `env:VAR`.
+    headers: dict[str, str] = field(default_factory=dict)
+    #: A JSON schema file the answers must match (`--response-format`); the json scorer's default.
+    response_format: str | None = None
+    #: A JSON file of tool definitions (`--tools`), sent as `tools`.
+    tools: str | None = None
+    #: Keep each response's JSON in the output's `raw` column.
+    keep_raw: bool = False
+    #: Azure OpenAI's `api-version` (else the OPENAI_API_VERSION variable).
+    api_version: str | None = None
 
     def saved(self) -> dict[str, Any]:
         """The options as kept in run.json, enough for `resume` to run them again."""
@@ -88,9 +102,24 @@ class RunSpec:
                 concurrency=spec.get("concurrency") or self.concurrency,
                 rpm=spec["rpm"] if spec.get("rpm") is not None else self.rpm,
                 tpm=spec["tpm"] if spec.get("tpm") is not None else self.tpm,
+                params={**self.file_params(spec["provider"]), **self.params, **(spec.get("params") or {})},
             )
             for i, spec in enumerate(specs)
         ]
+
+    def file_params(self, provider: str) -> dict[str, Any]:
+        """The body fields the `--response-format` and `--tools` files give."""
+        from runner.engine.request import load_json, schema_params
+
+        params: dict[str, Any] = {}
+        if self.response_format:
+            params.update(schema_params(provider, load_json(self.response_format, "--response-format"), self.response_format))
+        if self.tools:
+            tools = load_json(self.tools, "--tools")
+            if not isinstance(tools, list):
+                raise InputError(f"{self.tools}: the --tools file holds a JSON list of tool definitions")
+            params["tools"] = tools
+        return params
 
     def check(self) -> None:
         for name in ("concurrency", "rpm", "tpm", "limit", "max_tokens"):
@@ -107,11 +136,34 @@ class RunSpec:
             raise InputError(f"--max-failures: must be 0 or more, got {self.max_failures}")
         if self.max_cost is not None and self.max_cost <= 0:
             raise InputError(f"--max-cost: must be a positive number of USD, got {self.max_cost}")
+        from runner.engine.request import check_headers, check_params
+
+        check_params(self.params, "--param")
+        check_headers(self.headers, "--header")
         for spec in self.models or [{"provider": self.provider, "model": self.model}]:
-            if spec["provider"] not in ("openai", "anthropic", "mock"):
-                raise InputError(f"--provider: expected one of openai, anthropic, mock, got {spec['provider']!r}")
+            if spec["provider"] not in PROVIDERS:
+                raise InputError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {spec['provider']!r}")
+            check_params(spec.get("params") or {}, f"model {spec.get('model')}: params")
+
+    def check_lanes(self, lanes: list[Lane]) -> None:
+        """Checks made once the input is known (a Batch API file names its model): every model is
+        named, and what a model refuses is caught before anything is sent: a reasoning model
+        takes only the default temperature (unless the user insists with `--param`)."""
+        for spec in self.models or [{"provider": self.provider, "model": self.model}]:
             if spec["provider"] != "mock" and not spec.get("model"):
                 raise InputError(f"--model is required with --provider {spec['provider']}")
+        if self.temperature in (None, 1, 1.0):
+            return
+        from runner._native import is_reasoning_model
+
+        for lane in lanes:
+            if lane.provider not in ("openai", "azure") or not is_reasoning_model(lane.model):
+                continue
+            if "temperature" not in lane.params:
+                raise InputError(
+                    f"--temperature: {lane.model} is a reasoning model and takes only the default temperature (1); "
+                    f"leave --temperature out, or send it anyway with --param temperature={self.temperature:g}"
+                )
 
 
 def default(name: str) -> Any:
@@ -138,6 +190,10 @@ def from_job(job: Any, **extra: Any) -> RunSpec:
         id_column=job.request.id_column,
         temperature=job.request.temperature,
         max_tokens=job.request.max_tokens,
+        params=dict(job.request.params),
+        headers=dict(job.request.headers),
+        response_format=job.request.response_format,
+        tools=job.request.tools,
         models=[
             {
                 "provider": m.provider,
@@ -147,6 +203,7 @@ def from_job(job: Any, **extra: Any) -> RunSpec:
                 "concurrency": m.concurrency,
                 "rpm": m.rpm,
                 "tpm": m.tpm,
+                "params": dict(m.params),
             }
             for m in job.models
         ],

@@ -40,7 +40,7 @@ def run_status(output: Path) -> dict[str, Any]:
     elif frame.height >= total and output.is_file() and _output_is_current(run_dir):
         state = "complete" if failed == 0 else "complete with failed rows"
     elif (ended := (record or {}).get("outcome") or {}).get("stop") in _STOPS:
-        state = f"stopped ({_STOPS[ended['stop']]}): {ended.get('message')}: resume with `prompt-runner resume {output}`"
+        state = f"stopped ({_STOPS[ended['stop']]}): {str(ended.get('message')).rstrip('.')}; resume with `prompt-runner resume {output}`"
     else:
         state = "stopped (interrupted or killed): resume with `prompt-runner resume " + str(output) + "`"
     status: dict[str, Any] = {

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from runner.engine.endpoint import MOCK_MODEL, PROVIDERS
+from runner.engine.request import OWNED
 from runner.engine.spec import default
 from runner.errors import InputError
 from runner.engine.pricing import cost_column, price_of
@@ -76,6 +76,13 @@ class RequestSpec:
     max_tokens: int | None = None
     stream: bool = default("stream")
     id_column: str | None = None
+    #: Body fields of every request (see runner.engine.request).
+    params: dict[str, Any] = field(default_factory=dict)
+    #: Extra headers; a credential's value is `env:VARIABLE`.
+    headers: dict[str, str] = field(default_factory=dict)
+    #: A JSON schema file the answers must match; a JSON file of tool definitions.
+    response_format: str | None = None
+    tools: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ class ModelSpec:
     rpm: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
+    #: Body fields for this model's requests, over the run's.
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ class Job:
     limits: Limits = field(default_factory=Limits)
     score: ScoreSpec | None = None
     report: ReportSpec = field(default_factory=ReportSpec)
-    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    prices: dict[str, tuple[float, ...]] = field(default_factory=dict)
     source: str = ""
 
     def limits_for(self, model: ModelSpec) -> Limits:
@@ -141,19 +150,11 @@ class Job:
     def price_of(self, model: str) -> tuple[float, float] | None:
         """(input, output) USD per 1M tokens: the job's ``[prices]`` first (exact name, then the
         longest ``name-`` prefix, as for dated snapshots), else the built-in table."""
-        if model in self.prices:
-            return self.prices[model]
-        family = max((n for n in self.prices if model.startswith(n + "-")), key=len, default=None)
-        return self.prices[family] if family else price_of(model)
+        return price_of(model, self.prices)
 
     def cost_column(self, model: str, prompt_tokens: pa.Array, completion_tokens: pa.Array) -> pa.Array:
         """``cost_usd`` as :func:`runner.engine.pricing.cost_column`, honouring the job's ``[prices]``."""
-        price = self.price_of(model)
-        if price is None or not self.prices:
-            return cost_column(model, prompt_tokens, completion_tokens)
-        cost_in = pc.multiply(pc.cast(prompt_tokens, pa.float64()), price[0] / 1e6)
-        cost_out = pc.multiply(pc.cast(completion_tokens, pa.float64()), price[1] / 1e6)
-        return pc.add(cost_in, cost_out)
+        return cost_column(model, prompt_tokens, completion_tokens, self.prices)
 
     def run_options(self, model: ModelSpec) -> dict[str, Any]:
         """Keyword arguments of ``runner.engine.live.RunSpec`` for one model of the matrix."""
@@ -268,8 +269,17 @@ def temperature(value: Any) -> float:
 
 def provider(value: Any) -> str:
     if value not in PROVIDERS:
-        raise Bad(f"expected 'openai', 'anthropic' or 'mock', got {_shown(value)}")
+        raise Bad(f"expected 'openai', 'anthropic', 'azure' or 'mock', got {_shown(value)}")
     return str(value)
+
+
+def text_table(value: Any) -> dict[str, str]:
+    """A table of strings (headers)."""
+    values = table(value)
+    for name, item in values.items():
+        if not isinstance(item, str):
+            raise Bad(f"expected a table of strings, but {name} is {_shown(item)}")
+    return values
 
 
 def table(value: Any) -> dict[str, Any]:
@@ -299,6 +309,10 @@ REQUEST: dict[str, tuple[Check, bool]] = {
     "max_tokens": (positive_int, False),
     "stream": (boolean, False),
     "id_column": (nonempty, False),
+    "params": (table, False),
+    "headers": (text_table, False),
+    "response_format": (nonempty, False),
+    "tools": (nonempty, False),
 }
 MODEL: dict[str, tuple[Check, bool]] = {
     "provider": (provider, True),
@@ -308,6 +322,7 @@ MODEL: dict[str, tuple[Check, bool]] = {
     "rpm": (positive_int, False),
     "tpm": (positive_int, False),
     "concurrency": (positive_int, False),
+    "params": (table, False),
 }
 LIMITS: dict[str, tuple[Check, bool]] = {
     "concurrency": (positive_int, False),
@@ -335,6 +350,8 @@ REPORT: dict[str, tuple[Check, bool]] = {
 PRICE: dict[str, tuple[Check, bool]] = {
     "input": (nonnegative_number, True),
     "output": (nonnegative_number, True),
+    "cached_input": (nonnegative_number, False),
+    "cache_write": (nonnegative_number, False),
 }
 
 
@@ -388,6 +405,9 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
     top = c.section(data, TOP, "")
 
     request = c.section(data.get("request", {}), REQUEST, "request.")
+    for key in request.get("params", {}):
+        if key in OWNED:
+            c.add(f"request.params.{key}", "the request builder writes this field; it is not a parameter")
     if "template" in request and "template_file" in request:
         c.add("request.template_file", "give template or template_file, not both")
     elif "template_file" in request:
@@ -410,6 +430,9 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
                 c.add(f"models[{i}].model", "required key is missing")
                 continue
             values["model"] = MOCK_MODEL
+        for key in values.get("params", {}):
+            if key in OWNED:
+                c.add(f"models[{i}].params.{key}", "the request builder writes this field; it is not a parameter")
         spec = ModelSpec(**values)
         if (spec.provider, spec.model) in seen:
             c.add(f"models[{i}]", f"{spec.provider}/{spec.model} is listed twice (also models[{seen[spec.provider, spec.model]}])")
@@ -431,6 +454,15 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
                     values["schema"] = table(json.loads(text))
                 except (ValueError, Bad) as err:
                     c.add("score.schema_file", f"{values['schema_file']} is not a JSON object: {err}")
+        if values.get("method") == "json" and "schema" not in values and "response_format" in request:
+            # The answers were asked to match the response format's schema: check that they do.
+            text = c.read_text(request["response_format"], "request.response_format")
+            if text is not None:
+                try:
+                    values["schema"] = table(json.loads(text))
+                    values["schema_file"] = request["response_format"]
+                except (ValueError, Bad) as err:
+                    c.add("request.response_format", f"{request['response_format']} is not a JSON object: {err}")
         if "method" in values:
             score = ScoreSpec(**values)
             for key, message in validate_method(score):
@@ -438,7 +470,7 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
 
     report = c.section(data.get("report", {}), REPORT, "report.")
 
-    prices: dict[str, tuple[float, float]] = {}
+    prices: dict[str, tuple[float, ...]] = {}
     raw_prices = data.get("prices", {})
     if not isinstance(raw_prices, dict):
         c.add("prices", f"expected a table, got {_shown(raw_prices)}")
@@ -447,7 +479,10 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
         key = f'prices."{model_name}"' if not model_name.replace("-", "").replace("_", "").isalnum() else f"prices.{model_name}"
         values = c.section(raw, PRICE, key + ".")
         if "input" in values and "output" in values:
-            prices[model_name] = (values["input"], values["output"])
+            rates = [values["input"], values["output"]]
+            if "cached_input" in values or "cache_write" in values:
+                rates += [values.get("cached_input", values["input"]), values.get("cache_write", values["input"])]
+            prices[model_name] = tuple(rates)
 
     if c.mistakes:
         raise JobFileError(where, c.mistakes)
@@ -485,7 +520,9 @@ def load_job(path: str | Path) -> Job:
 # -- command-line overrides ----------------------------------------------------------------------
 
 #: Override keys (the `run` command's parameter names) -> what they replace.
-_REQUEST_KEYS = ("system", "template", "temperature", "max_tokens", "stream", "id_column")
+_REQUEST_KEYS = ("system", "template", "temperature", "max_tokens", "stream", "id_column", "response_format", "tools")
+#: Overrides merged into the job's tables rather than replacing them.
+_MERGED_KEYS = ("params", "headers")
 _LIMIT_KEYS = ("concurrency", "rpm", "tpm", "max_retries", "timeout", "max_cost", "max_failures")
 _MODEL_KEYS = ("provider", "model", "api_base", "api_key_env")
 _SCORE_KEYS = ("min_pass_rate",)
@@ -502,6 +539,8 @@ _OVERRIDE_CHECKS: dict[str, Check] = {
     "output": nonempty,
     "cache": boolean,
     "name": nonempty,
+    "params": table,
+    "headers": text_table,
 }
 OVERRIDE_KEYS = frozenset(_OVERRIDE_CHECKS) | {"template_file"}
 
@@ -536,6 +575,9 @@ def merge_cli(job: Job, overrides: Mapping[str, Any]) -> Job:
     if "template" in given and "template_file" in given:
         raise InputError("give --template or --template-file, not both")
     request_changes = {k: given[k] for k in _REQUEST_KEYS if k in given}
+    for key in _MERGED_KEYS:
+        if key in given:
+            request_changes[key] = {**getattr(job.request, key), **given[key]}
     if "template_file" in given:
         try:
             request_changes["template"] = Path(given["template_file"]).read_text()

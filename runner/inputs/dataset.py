@@ -49,6 +49,8 @@ class ScanSummary:
     files: list[Path]
     #: Each JSONL file's chunk types, for reading it again (`iter_chunks(..., schemas=)`).
     schemas: dict[Path, list[pl.Schema | None]] = field(default_factory=dict, compare=False, repr=False)
+    #: The models that OpenAI Batch API lines name in their body (empty for other input).
+    batch_models: set[str] = field(default_factory=set)
 
 
 def _supported(path: Path) -> bool:
@@ -323,6 +325,7 @@ def scan(paths: Sequence[Path], request: RequestSpec, chunk_rows: int = 8192) ->
     columns: dict[str, None] = {}
     schemas: dict[Path, list[pl.Schema | None]] = {}
     seen: set[str] = set()
+    batch_models: set[str] = set()
     total = 0
     for path in files:
         renderer = None
@@ -332,10 +335,11 @@ def scan(paths: Sequence[Path], request: RequestSpec, chunk_rows: int = 8192) ->
             if renderer is None:
                 renderer = plan(chunk.table.column_names, request, str(path))
             renderer.check(chunk.table, chunk)
+            batch_models.update(renderer.batch_models(chunk.table))
             if request.id_column is not None:
                 _check_ids(chunk, renderer.ids(chunk.table, total, chunk), seen)
             total += chunk.num_rows
-    return ScanSummary(rows=total, columns=list(columns), files=files, schemas=schemas)
+    return ScanSummary(rows=total, columns=list(columns), files=files, schemas=schemas, batch_models=batch_models)
 
 
 def _check_ids(chunk: Chunk, ids: list[str], seen: set[str]) -> None:

@@ -25,6 +25,7 @@ __all__ = ["ROLES", "Renderer", "RequestSpec", "plan"]
 ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant")
 
 Source = Literal["template", "messages", "prompt", "batch"]
+Params = Literal["column", "body"] | None
 _BAD_MESSAGES = "messages must be a non-empty list of {role, content} objects with role system, developer, user or assistant"
 
 
@@ -106,7 +107,9 @@ def plan(columns: list[str], spec: RequestSpec, where: str) -> Renderer:
         id_column = "id"  # a column named `id` is the id unless another one is named
     if id_column is not None and id_column not in cols:
         raise InputError(f"{where}: id column '{id_column}' not found (columns: {_listing(cols)})")
-    return Renderer(source=source, where=where, columns=needed, id_column=id_column, template=template)
+    # A row's own body fields: a Batch API line's body, else a `params` column.
+    params: Params = "body" if source == "batch" else ("column" if "params" in cols else None)
+    return Renderer(source=source, where=where, columns=needed, id_column=id_column, template=template, params=params)
 
 
 class _Places:
@@ -137,8 +140,10 @@ class Renderer:
         columns: tuple[str, ...] = (),
         id_column: str | None = None,
         template: jinja2.Template | None = None,
+        params: Params = None,
     ) -> None:
         self.source: Source = source
+        self.params: Params = params
         self.where = where
         self.columns = columns  # input columns the request reads
         self.id_column = id_column
@@ -164,10 +169,59 @@ class Renderer:
 
     def render_array(self, table: pa.Table, at: Chunk | int = 1) -> pa.Array:
         """:meth:`render` as one Arrow ``large_string`` array, which the executor reads in place
-        (``Executor.submit_arrow``): prompts and templates never become a Python string per row."""
+        (``Executor.submit_arrow``): prompts and templates never become a Python string per row.
+        A row with its own parameters (see :meth:`row_params`) is sent as
+        ``{"messages": [...], "params": {...}}``."""
+        if self.params is not None and table.num_rows:
+            own = self.row_params(table, at)
+            if any(p is not None for p in own):
+                messages = self.render(table, at)
+                return pa.array(
+                    [m if p is None else f'{{"messages":{m},"params":{p}}}' for m, p in zip(messages, own)],
+                    pa.large_string(),
+                )
         if table.num_rows and self.source in ("prompt", "template"):
             return self._user_messages(table, _Places(self.where, at)).to_arrow().cast(pa.large_string())
         return pa.array(self.render(table, at), pa.large_string())
+
+    def row_params(self, table: pa.Table, at: Chunk | int = 1) -> list[str | None]:
+        """Each row's own body fields as compact JSON (None: none): a Batch API line's body
+        without its messages (its `model` included: a line runs as written), or the `params`
+        column (a JSON object or a struct; null fields left out). Raises InputError naming the
+        row for a value that is not an object or names a field the builder owns."""
+        places = _Places(self.where, at)
+        if self.params is None:
+            return [None] * table.num_rows
+        name = "body" if self.params == "body" else "params"
+        owned = ("messages", "stream") if self.params == "body" else ("model", "messages", "stream")
+        out: list[str | None] = []
+        for row, value in enumerate(_column(table, name).to_pylist()):
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    raise InputError(f"{places(row)}: '{name}' is not valid JSON") from None
+            if value is None:
+                out.append(None)
+                continue
+            if not isinstance(value, dict):
+                raise InputError(f"{places(row)}: '{name}' must be an object of body fields")
+            fields = {k: v for k, v in value.items() if v is not None and not (self.params == "body" and k == "messages")}
+            for key in owned:
+                if key in fields:
+                    where = f"batch line body.{key}" if self.params == "body" else f"params.{key}"
+                    raise InputError(f"{places(row)}: {where}: the request builder writes this field (use --{key})")
+            out.append(json.dumps(fields, ensure_ascii=False, separators=(",", ":")) if fields else None)
+        return out
+
+    def batch_models(self, table: pa.Table) -> set[str]:
+        """The models Batch API lines name (`body.model`)."""
+        if self.source != "batch" or not table.num_rows:
+            return set()
+        body = _column(table, "body")
+        if not pa.types.is_struct(body.type) or body.type.get_field_index("model") < 0:
+            return set()
+        return {m for m in pc.struct_field(body, "model").to_pylist() if m}
 
     def _user_messages(self, table: pa.Table, places: _Places) -> pl.Series:
         texts = _texts(table, "prompt", places) if self.source == "prompt" else self._render_template(table, places)
@@ -179,6 +233,8 @@ class Renderer:
         places = _Places(self.where, at)
         if table.num_rows == 0:
             return
+        if self.params is not None:
+            self.row_params(table, at)
         if self.source == "prompt":
             _texts(table, "prompt", places)
         elif self.source == "template":

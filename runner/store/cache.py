@@ -17,11 +17,12 @@ results as they arrive (keys kept per row in flight).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,23 @@ RESULT_FIELDS: tuple[str, ...] = (
     "completion_tokens",
     "http_status",
     "request_hash",
+    "refusal",
+    "tool_calls",
+    "reasoning_tokens",
+    "cached_prompt_tokens",
+    "cache_write_tokens",
+    "raw",
 )
+#: Columns added after the first version of the table, with their SQLite types: an older cache
+#: file gets them when it is opened.
+_ADDED_COLUMNS = {
+    "refusal": "TEXT",
+    "tool_calls": "TEXT",
+    "reasoning_tokens": "INTEGER",
+    "cached_prompt_tokens": "INTEGER",
+    "cache_write_tokens": "INTEGER",
+    "raw": "TEXT",
+}
 
 #: Keys per ``SELECT ... IN (...)``: well under SQLite's bound-parameter limit.
 LOOKUP_CHUNK = 500
@@ -82,11 +99,19 @@ def _field(value: str | float | None) -> bytes:
 
 
 def _prefix(
-    provider: str, api_base: str | None, model: str, system: str | None, temperature: float | None, max_tokens: int | None
+    provider: str,
+    api_base: str | None,
+    model: str,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    params: Mapping[str, Any] | None = None,
 ) -> Any:
     h = hashlib.sha256(b"prompt-runner-cache/v%d|" % _SCHEMA_VERSION)
     for value in (provider, (api_base or "").rstrip("/") or None, model, system, temperature, max_tokens):
         h.update(_field(value))
+    if params:  # without parameters, keys stay those of earlier versions
+        h.update(_field(json.dumps(params, sort_keys=True, separators=(",", ":"))))
     return h
 
 
@@ -98,9 +123,10 @@ def cache_key(
     system: str | None,
     temperature: float | None,
     max_tokens: int | None,
+    params: Mapping[str, Any] | None = None,
 ) -> str:
-    """The cache key (sha256 hex) of one request."""
-    h = _prefix(provider, api_base, model, system, temperature, max_tokens)
+    """The cache key (sha256 hex) of one request (`params`: the run's body fields)."""
+    h = _prefix(provider, api_base, model, system, temperature, max_tokens, params)
     h.update(_field(messages_json))
     key: str = h.hexdigest()
     return key
@@ -114,9 +140,10 @@ def cache_keys(
     system: str | None,
     temperature: float | None,
     max_tokens: int | None,
+    params: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """:func:`cache_key` for many rendered messages at once (the shared fields hashed once)."""
-    prefix = _prefix(provider, api_base, model, system, temperature, max_tokens)
+    prefix = _prefix(provider, api_base, model, system, temperature, max_tokens, params)
     keys = []
     for payload in payloads:
         h = prefix.copy()
@@ -149,6 +176,10 @@ class ResponseCache:
                 " completion_tokens INTEGER, http_status INTEGER, request_hash TEXT, created_at REAL"
                 ") WITHOUT ROWID"
             )
+            present = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    conn.execute(f"ALTER TABLE responses ADD COLUMN {name} {kind}")
         except (OSError, sqlite3.Error) as err:
             reason = getattr(err, "strerror", None) or str(err)
             raise CacheError(f"{file}: cannot open the response cache: {reason}") from None
@@ -172,7 +203,10 @@ class ResponseCache:
                     marks = ",".join("?" * len(batch))
                     cursor = self._conn.execute(f"SELECT key, {columns} FROM responses WHERE key IN ({marks})", batch)
                     for key, *values in cursor:
-                        found[key] = dict(zip(RESULT_FIELDS, values))
+                        # The later columns only where an answer had them.
+                        found[key] = {
+                            f: v for f, v in zip(RESULT_FIELDS, values) if v is not None or f not in _ADDED_COLUMNS
+                        }
             except sqlite3.Error as err:
                 raise CacheError(f"{self.path}: cache lookup failed: {err}") from None
         return found
@@ -235,7 +269,7 @@ def hits_table(rows: Sequence[int], keys: Sequence[str], hits: dict[str, dict[st
     found = [(row, hits[key]) for row, key in zip(rows, keys) if key in hits]
     now_us = time.time_ns() // 1000
     columns: dict[str, list[Any]] = {"row": [row for row, _ in found]}
-    for name in ("output", "finish_reason", "prompt_tokens", "completion_tokens", "http_status", "request_hash"):
+    for name in RESULT_FIELDS:
         columns[name] = [hit.get(name) for _, hit in found]
     n = len(found)
     columns.update(status=["ok"] * n, latency_ms=[0.0] * n, attempts=[0] * n, started_at=[now_us] * n, finished_at=[now_us] * n)

@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from runner.engine.pricing import cost_column
+from runner.engine.pricing import row_costs
 
 #: A segment's name: run, lane and segment numbers.
 PATTERN = "r*-l*-*.wal"
@@ -90,7 +90,7 @@ def with_cost(
     pieces = []
     for index, model in enumerate(models):
         mine = table.filter(pc.equal(lanes, index))
-        cost = cost_column(model, mine.column("prompt_tokens"), mine.column("completion_tokens"), prices)
+        cost = row_costs(model, mine, prices)
         pieces.append(mine.append_column("cost_usd", cost))
     return pa.concat_tables(pieces)
 
