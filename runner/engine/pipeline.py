@@ -223,6 +223,13 @@ def dry_run(
         message: dict[str, Any] = {"model": lanes[0].model, "messages": row["messages"]}
         if spec.system:
             message["system"] = spec.system
+        if spec.temperature is not None:
+            message["temperature"] = spec.temperature
+        if spec.max_tokens is not None:
+            from runner._native import is_reasoning_model
+
+            reasoning = lanes[0].provider != "anthropic" and is_reasoning_model(message["model"])
+            message["max_completion_tokens" if reasoning else "max_tokens"] = spec.max_tokens
         message.update({**lanes[0].params, **row.get("params", {})})
         reporter.say("first request: " + json.dumps(message, ensure_ascii=False, indent=2))
         if renderers and next(iter(renderers.values())).source == "batch":
