@@ -17,6 +17,7 @@ from runner.engine import observability
 from runner.engine.base import Prepared
 from runner.engine.lane import LaneRun
 from runner.engine.outcome import Reporter, RunOutcome, Stop
+from runner.engine.pricing import with_cost
 from runner.engine.progress import Progress, pace_text, summary
 from runner.engine.shutdown import Shutdown, stop_signals
 from runner.schema import META_CONFIG, META_SUMMARY
@@ -114,7 +115,7 @@ class LiveEngine:
         if write_error is not None:
             return run.outcome(Stop.WRITE_ERROR, message=str(write_error))
         if stop.requested:
-            logged = run_dir.logged([lane.model for lane in run.lanes], run.total, o.prices)
+            logged = with_cost(run_dir.logged(), [lane.model for lane in run.lanes], run.total, o.prices)
             ok, failed = _counts(run_dir.latest(["_row", "status"], logged))
             saved_rows = len(run_dir.saved(o.retry_failed, logged)[0])
             message = f"{saved_rows} of {grand_total} rows are saved in {run_dir.path}"

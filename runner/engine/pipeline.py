@@ -23,7 +23,7 @@ from runner import __version__
 from runner.engine import endpoint
 from runner.engine.base import Engine, Prepared
 from runner.engine.outcome import Reporter, RunOutcome, Stop
-from runner.engine.pricing import price_of
+from runner.engine.pricing import price_of, with_cost
 from runner.engine.spec import Lane, RunSpec
 from runner.errors import InputError
 from runner.inputs.dataset import iter_chunks, resolve_inputs, scan
@@ -105,7 +105,7 @@ def _settle(run: Prepared, reporter: Reporter) -> RunOutcome | None:
     spec, run_dir = run.spec, run.run_dir
     # Never hold back more than 0.5 % of the rows (nor a second's worth) out of a part.
     run_dir.flush_rows = min(FLUSH_ROWS, max(1, run.rows // 200))
-    logged = run_dir.logged([lane.model for lane in run.lanes], run.total, spec.prices)
+    logged = with_cost(run_dir.logged(), [lane.model for lane in run.lanes], run.total, spec.prices)
     run.settled, run.spent = run_dir.saved(spec.retry_failed, logged)
     run.recovered = logged.filter(pc.equal(logged.column("status"), "ok")) if spec.retry_failed else logged
     settled = sum(1 for r in run.settled if r < run.rows)

@@ -100,3 +100,18 @@ def cost_column(
             extra = pc.fill_null(pc.cast(tokens, pa.float64()), 0.0)
             cost = pc.add(cost, pc.multiply(extra, (price - price_in) / 1e6))
     return cost
+
+
+def with_cost(
+    table: pa.Table, models: Sequence[str], input_rows: int, prices: Mapping[str, Sequence[float]] | None
+) -> pa.Table:
+    """Logged results with their `cost_usd`: row `r` was answered by model `r // input_rows`."""
+    if not table.num_rows or not input_rows:
+        return table.append_column("cost_usd", pa.nulls(table.num_rows, pa.float64()))
+    lanes = pc.divide(table.column("_row"), input_rows)  # integer division
+    pieces = []
+    for index, model in enumerate(models):
+        mine = table.filter(pc.equal(lanes, index))
+        cost = row_costs(model, mine, prices)
+        pieces.append(mine.append_column("cost_usd", cost))
+    return pa.concat_tables(pieces)

@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from runner.engine.pricing import with_cost
 from runner.stats import row_stats
 from runner.store.checkpoint import RunDir
 from runner.errors import InputError
@@ -25,7 +26,7 @@ def run_status(output: Path) -> dict[str, Any]:
     if record is not None:
         models = [m[1] for m in record.get("fingerprint", {}).get("request", {}).get("models", [])]
         prices = record.get("options", {}).get("prices")
-        frame = run_dir.latest(logged=run_dir.logged(models, int(record.get("input_rows", 0)), prices))
+        frame = run_dir.latest(logged=with_cost(run_dir.logged(), models, int(record.get("input_rows", 0)), prices))
         total = int(record.get("rows", frame.height))
     elif output.is_file():
         frame = pl.read_parquet(output)

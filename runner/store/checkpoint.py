@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from runner.errors import InputError, RunnerError
 from runner.store.files import OUTPUT_OPTIONS, SUMMARY_COLUMNS, atomic_file, write_atomic, write_json_atomic
 from runner.store.output_stream import OutputStream
-from runner.store.runlog import RunLog, with_cost
+from runner.store.runlog import RunLog
 
 
 #: Results wait at most this long in memory before they are written to a part (they are in the
@@ -225,10 +225,10 @@ class RunDir:
                 continue
         return good
 
-    def logged(self, models: Sequence[str], input_rows: int, prices: Any = None) -> pa.Table:
-        """The log's latest result of each row (`_row`, result columns, `cost_usd`); the run's
-        lanes answer with `models`, `input_rows` rows each."""
-        return with_cost(self.log.read(), models, input_rows, prices)
+    def logged(self) -> pa.Table:
+        """The log's latest result of each row (`_row` and the result columns; the engine adds
+        their cost, `pricing.with_cost`)."""
+        return self.log.read()
 
     def latest(self, columns: list[str] | None = None, logged: pa.Table | None = None) -> pl.DataFrame:
         """The latest result of every row so far (all columns, or the ones named), from the

@@ -18,14 +18,11 @@ back (see `recovered`) is in a part; this process's own, once no earlier one is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from runner.engine.pricing import row_costs
 
 #: A segment's name: run, lane and segment numbers.
 PATTERN = "r*-l*-*.wal"
@@ -78,21 +75,6 @@ class RunLog:
         if not self._earlier:
             _unlink(self._folded)
             self._folded = []
-
-
-def with_cost(
-    table: pa.Table, models: Sequence[str], input_rows: int, prices: Mapping[str, Sequence[float]] | None
-) -> pa.Table:
-    """Logged results with their `cost_usd`: row `r` was answered by model `r // input_rows`."""
-    if not table.num_rows or not input_rows:
-        return table.append_column("cost_usd", pa.nulls(table.num_rows, pa.float64()))
-    lanes = pc.divide(table.column("_row"), input_rows)  # integer division
-    pieces = []
-    for index, model in enumerate(models):
-        mine = table.filter(pc.equal(lanes, index))
-        cost = row_costs(model, mine, prices)
-        pieces.append(mine.append_column("cost_usd", cost))
-    return pa.concat_tables(pieces)
 
 
 def _run_number(path: Path) -> int:
