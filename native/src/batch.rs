@@ -6,6 +6,7 @@
 
 use crate::error::ErrorType;
 use crate::row::RowResult;
+use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::{
     ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -25,6 +26,8 @@ pub fn schema() -> SchemaRef {
                 ("output", DataType::Utf8),
                 ("refusal", DataType::Utf8),
                 ("tool_calls", DataType::Utf8),
+                ("choices", choices_type()),
+                ("logprobs", DataType::Utf8),
                 ("finish_reason", DataType::Utf8),
                 ("prompt_tokens", DataType::Int64),
                 ("completion_tokens", DataType::Int64),
@@ -52,6 +55,35 @@ pub fn schema() -> SchemaRef {
         .clone()
 }
 
+/// `choices`: list<string> (Arrow `List(Utf8)`, items named "item" and nullable, as
+/// arrow's `ListBuilder` makes them and pyarrow's `pa.list_(pa.string())` reads them).
+fn choices_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+}
+
+/// The `choices` column: each row's choices, null when it has none.
+fn choices_column(rows: &[RowResult]) -> ArrayRef {
+    let items: usize = rows
+        .iter()
+        .filter_map(|r| r.choices.as_ref())
+        .map(|c| c.iter().map(String::len).sum::<usize>())
+        .sum();
+    let mut builder =
+        ListBuilder::with_capacity(StringBuilder::with_capacity(rows.len(), items), rows.len());
+    for row in rows {
+        match &row.choices {
+            Some(choices) => {
+                for choice in choices {
+                    builder.values().append_value(choice);
+                }
+                builder.append(true);
+            }
+            None => builder.append_null(),
+        }
+    }
+    Arc::new(builder.finish())
+}
+
 /// One record batch of `rows`, in their order.
 pub fn to_batch(rows: &[RowResult]) -> Result<RecordBatch, ArrowError> {
     let text = |f: fn(&RowResult) -> Option<&str>| -> ArrayRef {
@@ -77,6 +109,8 @@ pub fn to_batch(rows: &[RowResult]) -> Result<RecordBatch, ArrowError> {
         text(|r| r.output.as_deref()),
         text(|r| r.refusal.as_deref()),
         text(|r| r.tool_calls.as_deref()),
+        choices_column(rows),
+        text(|r| r.logprobs.as_deref()),
         text(|r| r.finish_reason.as_deref()),
         int(|r| r.prompt_tokens.map(|t| t as i64)),
         int(|r| r.completion_tokens.map(|t| t as i64)),
@@ -150,7 +184,7 @@ mod tests {
     #[test]
     fn an_empty_poll_is_an_empty_batch() {
         let batch = to_batch(&[]).unwrap();
-        assert_eq!((batch.num_rows(), batch.num_columns()), (0, 21));
+        assert_eq!((batch.num_rows(), batch.num_columns()), (0, 23));
     }
 
     #[test]
@@ -164,6 +198,8 @@ mod tests {
                 "output",
                 "refusal",
                 "tool_calls",
+                "choices",
+                "logprobs",
                 "finish_reason",
                 "prompt_tokens",
                 "completion_tokens",
@@ -206,5 +242,38 @@ mod tests {
         assert_eq!(int("reasoning_tokens"), (64, true));
         assert_eq!(int("cached_prompt_tokens"), (1024, true));
         assert_eq!(int("cache_write_tokens"), (12, true));
+    }
+
+    #[test]
+    fn choices_are_a_list_of_strings_and_logprobs_json_text() {
+        let field = schema().field_with_name("choices").unwrap().clone();
+        assert_eq!(field.data_type(), &choices_type());
+        assert!(field.is_nullable());
+        let at = |name: &str| schema().index_of(name).unwrap();
+        assert_eq!(at("choices"), at("tool_calls") + 1);
+        assert_eq!(at("logprobs"), at("tool_calls") + 2);
+        let mut many = result(1, true);
+        many.choices = Some(vec!["Echo: a".into(), String::new(), "é 3".into()]);
+        many.logprobs = Some(r#"{"content":[]}"#.into());
+        let mut two = result(3, true);
+        two.choices = Some(vec!["x".into(), "y".into()]);
+        let batch = to_batch(&[many, result(2, true), two]).unwrap();
+        let col = batch.column_by_name("choices").unwrap();
+        let list = col
+            .as_any()
+            .downcast_ref::<arrow_array::ListArray>()
+            .unwrap();
+        let texts = |i: usize| -> Vec<String> {
+            let values = list.value(i);
+            let values = values.as_any().downcast_ref::<StringArray>().unwrap();
+            values.iter().map(|v| v.unwrap().to_string()).collect()
+        };
+        assert_eq!(texts(0), ["Echo: a", "", "é 3"]);
+        assert!(list.is_null(1));
+        assert_eq!(texts(2), ["x", "y"]);
+        let logprobs = batch.column_by_name("logprobs").unwrap();
+        let logprobs = logprobs.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(logprobs.value(0), r#"{"content":[]}"#);
+        assert_eq!(logprobs.null_count(), 2);
     }
 }

@@ -488,6 +488,8 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
             row.output = Some(completion.text);
             row.refusal = completion.refusal;
             row.tool_calls = completion.tool_calls;
+            row.choices = completion.choices;
+            row.logprobs = completion.logprobs;
             row.finish_reason = completion.finish_reason;
             row.prompt_tokens = completion.prompt_tokens;
             row.completion_tokens = completion.completion_tokens;

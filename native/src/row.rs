@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct RowResult {
     pub row: u64,
     pub ok: bool,
-    /// The first choice's text (its refusal when it has no content); with `n > 1` the other
-    /// choices are only in `raw`.
+    /// The first choice's text (its refusal when it has no content); with `n > 1` every
+    /// choice's text is in `choices`.
     pub output: Option<String>,
     /// The model's refusal (OpenAI `message.refusal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,6 +22,12 @@ pub struct RowResult {
     /// `provider::Completion::tool_calls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<String>,
+    /// Every choice's text in index order, when the answer has more than one (`n > 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<String>>,
+    /// The first choice's `logprobs` object as JSON text, when the answer carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<String>,
     pub finish_reason: Option<String>,
     /// The whole prompt, cached or not (for Anthropic: input + cache reads + cache writes).
     pub prompt_tokens: Option<u64>,

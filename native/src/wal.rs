@@ -254,10 +254,14 @@ mod tests {
             (back.tool_calls, back.cached_prompt_tokens, back.raw),
             (None, None, None)
         );
+        assert_eq!((back.choices, back.logprobs), (None, None));
         // Empty new fields are left out of a record, so it is as short as before.
         let plain = String::from_utf8(encode(&row(1, true))[HEADER..].to_vec()).unwrap();
         assert!(
-            !plain.contains("refusal") && !plain.contains("raw"),
+            !plain.contains("refusal")
+                && !plain.contains("raw")
+                && !plain.contains("choices")
+                && !plain.contains("logprobs"),
             "{plain}"
         );
         let mut full = row(2, true);
@@ -267,6 +271,8 @@ mod tests {
         full.cached_prompt_tokens = Some(6);
         full.cache_write_tokens = Some(7);
         full.raw = Some("{\"id\":1}".into());
+        full.choices = Some(vec!["a".into(), "b".into()]);
+        full.logprobs = Some(r#"{"content":[]}"#.into());
         let dir = dir();
         let mut log = Log::new(dir.join("n-"));
         write(&mut log, &[full.clone()]);
@@ -282,6 +288,7 @@ mod tests {
             (Some(5), Some(6), Some(7))
         );
         assert_eq!(back.raw, full.raw);
+        assert_eq!((back.choices, back.logprobs), (full.choices, full.logprobs));
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub(crate) fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let last_user_text = tally.last_user_text.unwrap_or_default();
     let answer = answer(obj, &last_user_text)?;
     Ok(ChatRequest {
+        n: 1,
+        logprobs: None,
         model,
         stream,
         include_usage: false,

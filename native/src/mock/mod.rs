@@ -32,6 +32,17 @@
 //!   and Anthropic `output_config.format` (or the beta's `output_format`) `{type: json_schema,
 //!   schema}` get the schema's minimal instance as the text (`json_object`: `{}`). A tool call
 //!   wins over it.
+//! - **`n`** (OpenAI): `n` choices, every one the same answer (choice i's text is the usual
+//!   echo, or the tool call or structured output the request gets); `completion_tokens` counts
+//!   them all (n × the reply's words). Streamed, every chunk is sent once per choice, one choice
+//!   per chunk, the highest index first. `n` outside 1..=128 is refused with OpenAI's 400
+//!   (`integer_below_min_value` / `integer_above_max_value`, param `n`).
+//! - **`logprobs: true`** (OpenAI, with `top_logprobs` 0..=20): each choice carries
+//!   `logprobs: {"content": [...], "refusal": null}` with one entry per word of the reply (its
+//!   stream piece, the whitespace before it included, as `token`; entry k has `logprob`
+//!   -(k+1)/100, `bytes` the token's UTF-8 and `top_logprobs` the token itself then "alt1",
+//!   "alt2", ... each 1 lower); `content` is null for a tool call. Streamed, each word's chunk
+//!   carries its own entry. `top_logprobs` without `logprobs` is a 400.
 //! - **Stats**: `params` counts the top-level body fields each request carried beyond `model`
 //!   and `messages`; `headers` counts non-standard request header names (never values).
 //! - `stream_as_json`: streaming requests are answered with a whole JSON body, as some gateways

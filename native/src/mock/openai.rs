@@ -147,9 +147,31 @@ pub(crate) fn parse(body: &[u8], default_model: Option<&str>) -> Result<ChatRequ
         },
         Some(other) => return Err(wrong_type("stream_options", "an object", other)),
     };
+    let n = match obj.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => bounded_int(v, "n", 1, MAX_N)?,
+    };
+    let logprobs = match obj.get("logprobs") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => return Err(wrong_type("logprobs", "a boolean", other)),
+    };
+    let top_logprobs = match obj.get("top_logprobs") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(bounded_int(v, "top_logprobs", 0, MAX_TOP_LOGPROBS)?),
+    };
+    if top_logprobs.is_some() && !logprobs {
+        return Err(invalid(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is set.".into(),
+            "top_logprobs",
+            "invalid_value",
+        ));
+    }
     let last_user_text = tally.last_user_text.unwrap_or_default();
     let answer = answer(obj, &last_user_text)?;
     Ok(ChatRequest {
+        n,
+        logprobs: logprobs.then_some(top_logprobs.unwrap_or(0)),
         model,
         stream,
         include_usage,
@@ -303,6 +325,32 @@ fn content_text(message: &Map<String, Value>, role: &str, param: &str) -> Result
     }
 }
 
+/// OpenAI's bounds of `n` and `top_logprobs`.
+const MAX_N: u32 = 128;
+const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// An integer in `min..=max`, refused with the real API's errors outside it.
+fn bounded_int(v: &Value, param: &str, min: u32, max: u32) -> Result<u32, ApiError> {
+    let Some(k) = v.as_i64().filter(|_| v.is_number()) else {
+        return Err(wrong_type(param, "an integer", v));
+    };
+    if k < i64::from(min) {
+        return Err(invalid(
+            format!("Invalid '{param}': integer below minimum value. Expected a value >= {min}, but got {k} instead."),
+            param,
+            "integer_below_min_value",
+        ));
+    }
+    if k > i64::from(max) {
+        return Err(invalid(
+            format!("Invalid '{param}': integer above maximum value. Expected a value <= {max}, but got {k} instead."),
+            param,
+            "integer_above_max_value",
+        ));
+    }
+    Ok(k as u32)
+}
+
 fn positive_int(v: &Value, param: &str) -> Result<Option<u32>, ApiError> {
     match v {
         Value::Null => Ok(None),
@@ -359,31 +407,70 @@ fn tool_calls(c: &Completion) -> Option<Value> {
     )
 }
 
-/// The non-streaming `chat.completion` body.
+/// One `logprobs.content` entry: the reply's `k`-th word (a stream piece, with the whitespace
+/// before it) as the token, logprob `-(k + 1) / 100`, its UTF-8 bytes, and `top` alternatives:
+/// the token itself, then `"alt1"`, `"alt2"`, ... each 1 lower than the one before.
+fn logprob_entry(k: usize, token: &str, top: u32) -> Value {
+    let logprob = -((k + 1) as f64) / 100.0;
+    let entry = |token: &str, logprob: f64| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    let alternatives: Vec<Value> = (0..top)
+        .map(|j| match j {
+            0 => entry(token, logprob),
+            j => entry(&format!("alt{j}"), logprob - f64::from(j)),
+        })
+        .collect();
+    let mut value = entry(token, logprob);
+    value["top_logprobs"] = Value::Array(alternatives);
+    value
+}
+
+/// The `logprobs` object of a choice: one entry per word of the reply ([`logprob_entry`]);
+/// `content` is null for a tool call. `None` when the request did not ask for logprobs.
+fn logprobs(req: &ChatRequest, c: &Completion) -> Option<Value> {
+    let top = req.logprobs?;
+    let content = c.tool_call.is_none().then(|| {
+        stream_pieces(&c.text)
+            .into_iter()
+            .enumerate()
+            .map(|(k, piece)| logprob_entry(k, piece, top))
+            .collect::<Vec<_>>()
+    });
+    Some(json!({"content": content, "refusal": null}))
+}
+
+/// The non-streaming `chat.completion` body: `n` choices, each the same answer.
 pub(crate) fn body(req: &ChatRequest, c: &Completion) -> String {
     let mut message = json!({"role": "assistant", "content": c.text, "refusal": null});
     if let Some(calls) = tool_calls(c) {
         message["content"] = Value::Null;
         message["tool_calls"] = calls;
     }
+    let logprobs = logprobs(req, c);
+    let choices: Vec<Value> = (0..req.n)
+        .map(|index| {
+            json!({
+                "index": index,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason(c),
+            })
+        })
+        .collect();
     json!({
         "id": c.id,
         "object": "chat.completion",
         "created": c.created,
         "model": req.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason(c),
-        }],
+        "choices": choices,
         "usage": usage(req, c),
     })
     .to_string()
 }
 
-/// The SSE frames of a streamed reply: a role chunk, one chunk per word, a finish chunk, the
-/// usage chunk when asked for, then `[DONE]`.
+/// The SSE frames of a streamed reply: a role chunk, one chunk per word (with that word's
+/// logprobs entry when asked for), a finish chunk, the usage chunk when asked for, then
+/// `[DONE]`. With `n > 1` every step is sent once per choice, one choice per chunk, the highest
+/// index first (so a client must assemble choices by their `index`).
 pub(crate) fn stream_frames(req: &ChatRequest, c: &Completion) -> Vec<Bytes> {
     let chunk = |choices: Value, usage: Option<Value>| {
         let mut v = json!({
@@ -399,45 +486,50 @@ pub(crate) fn stream_frames(req: &ChatRequest, c: &Completion) -> Vec<Bytes> {
         }
         Bytes::from(format!("data: {v}\n\n"))
     };
-    let choice = |delta: Value, finish: Value| json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+    let n = req.n.max(1);
+    let top = req.logprobs;
+    // One step: (delta, finish reason, logprobs); each becomes a chunk per choice.
+    let mut steps: Vec<(Value, Value, Value)> = Vec::new();
+    let mut choice = |delta: Value, finish: Value| steps.push((delta, finish, Value::Null));
     let pieces = stream_pieces(&c.text);
-    let mut frames = Vec::with_capacity(pieces.len() + 4);
     if let Some((id, name, arguments)) = &c.tool_call {
         // As the real API streams a call: the id and name first, then the arguments in pieces.
-        frames.push(chunk(
-            choice(
-                json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
-                    {"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
-                Value::Null,
-            ),
-            None,
-        ));
+        choice(
+            json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                {"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        );
         let middle = arguments.len() / 2;
         let middle = (middle..=arguments.len())
             .find(|&i| arguments.is_char_boundary(i))
             .unwrap_or(arguments.len());
         for piece in [&arguments[..middle], &arguments[middle..]] {
-            frames.push(chunk(
-                choice(
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
-                    Value::Null,
-                ),
-                None,
-            ));
+            choice(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                Value::Null,
+            );
         }
     } else {
-        frames.push(chunk(
-            choice(
-                json!({"role": "assistant", "content": "", "refusal": null}),
-                Value::Null,
-            ),
-            None,
-        ));
+        choice(
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            Value::Null,
+        );
     }
-    for piece in pieces {
-        frames.push(chunk(choice(json!({"content": piece}), Value::Null), None));
+    for (k, piece) in pieces.into_iter().enumerate() {
+        let logprobs = top.map_or(
+            Value::Null,
+            |top| json!({"content": [logprob_entry(k, piece, top)], "refusal": null}),
+        );
+        steps.push((json!({"content": piece}), Value::Null, logprobs));
     }
-    frames.push(chunk(choice(json!({}), json!(finish_reason(c))), None));
+    steps.push((json!({}), json!(finish_reason(c)), Value::Null));
+    let mut frames = Vec::with_capacity(steps.len() * n as usize + 2);
+    for (delta, finish, logprobs) in steps {
+        for index in (0..n).rev() {
+            let choices = json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]);
+            frames.push(chunk(choices, None));
+        }
+    }
     if req.include_usage {
         frames.push(chunk(json!([]), Some(usage(req, c))));
     }

@@ -26,6 +26,10 @@ pub(crate) struct ChatRequest {
     pub answer: Answer,
     /// The request's top-level fields beyond `model` and `messages`, for the stats.
     pub fields: Vec<String>,
+    /// OpenAI `n`: how many choices to answer with (1..=128; Anthropic: always 1).
+    pub n: u32,
+    /// OpenAI `logprobs: true`: `Some(top_logprobs)` (0 when not given); `None` otherwise.
+    pub logprobs: Option<u32>,
 }
 
 /// What the mock answers a request with.

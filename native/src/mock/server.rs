@@ -437,7 +437,8 @@ fn reply(
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        completion_tokens: visible + reasoning_tokens,
+        // Every choice is the same answer; usage counts them all, as OpenAI's does.
+        completion_tokens: (visible + reasoning_tokens) * u64::from(chat.n),
         text,
         truncated,
         tool_call,

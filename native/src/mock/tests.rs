@@ -1151,3 +1151,91 @@ async fn stream_as_json_answers_a_stream_with_a_whole_body() {
     assert_eq!(r.json()["choices"][0]["message"]["content"], "Echo: whole");
     assert_eq!(srv.stats().streamed, 0);
 }
+
+#[tokio::test]
+async fn n_choices_and_logprobs_plain_and_streamed() {
+    let srv = start(MockConfig::default());
+    let mut body = oa_body("two words");
+    body["n"] = json!(3);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    let r = openai(&srv, body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        assert_eq!(choice["message"]["content"], "Echo: two words");
+    }
+    // Usage counts every choice's words.
+    assert_eq!(v["usage"]["completion_tokens"], 9);
+    let logprobs = &choices[0]["logprobs"];
+    let content = logprobs["content"].as_array().unwrap();
+    let tokens: Vec<&str> = content
+        .iter()
+        .map(|e| e["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens, ["Echo:", " two", " words"]);
+    assert_eq!(
+        content[1],
+        json!({"token": " two", "logprob": -0.02, "bytes": [32, 116, 119, 111],
+            "top_logprobs": [
+                {"token": " two", "logprob": -0.02, "bytes": [32, 116, 119, 111]},
+                {"token": "alt1", "logprob": -1.02, "bytes": [97, 108, 116, 49]}]})
+    );
+    assert_eq!(logprobs["refusal"], Value::Null);
+    let plain = crate::provider::openai::parse_response(r.text.as_bytes()).unwrap();
+    assert_eq!(plain.choices, Some(vec!["Echo: two words".to_string(); 3]));
+    let parsed: Value = serde_json::from_str(plain.logprobs.as_deref().unwrap()).unwrap();
+    assert_eq!(&parsed, logprobs);
+
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = openai(&srv, body).await;
+    assert_eq!(r.status, 200);
+    let frames = frames(&r.text);
+    // Every step once per choice, highest index first.
+    let first: Value = serde_json::from_str(&frames[0].1).unwrap();
+    assert_eq!(first["choices"][0]["index"], 2);
+    let mut acc = crate::provider::openai::StreamAccumulator::new();
+    for (event, data) in &frames {
+        acc.on_event(event, data).expect("chunk");
+    }
+    let streamed = acc.finish().expect("whole stream");
+    assert_eq!(streamed.text, "Echo: two words");
+    assert_eq!(streamed.choices, plain.choices);
+    assert_eq!(streamed.logprobs, plain.logprobs);
+    assert_eq!(streamed.completion_tokens, Some(9));
+
+    // Without logprobs or n, the answer is as before.
+    let v = openai(&srv, oa_body("x")).await.json();
+    assert_eq!(v["choices"].as_array().unwrap().len(), 1);
+    assert_eq!(v["choices"][0]["logprobs"], Value::Null);
+}
+
+#[tokio::test]
+async fn n_outside_1_to_128_is_refused_as_openai_does() {
+    let srv = start(MockConfig::default());
+    for (n, code, message) in [
+        (json!(0), "integer_below_min_value", "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0 instead."),
+        (json!(129), "integer_above_max_value", "Invalid 'n': integer above maximum value. Expected a value <= 128, but got 129 instead."),
+        (json!("2"), "invalid_type", "Invalid type for 'n': expected an integer, but got a string instead."),
+    ] {
+        let mut body = oa_body("x");
+        body["n"] = n;
+        let r = openai(&srv, body).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(
+            r.json(),
+            json!({"error": {"message": message, "type": "invalid_request_error", "param": "n", "code": code}})
+        );
+    }
+    let mut body = oa_body("x");
+    body["n"] = json!(128);
+    let r = openai(&srv, body).await;
+    assert_eq!(r.json()["choices"].as_array().unwrap().len(), 128);
+    let mut body = oa_body("x");
+    body["top_logprobs"] = json!(2);
+    assert_eq!(openai(&srv, body).await.status, 400);
+}

@@ -196,8 +196,21 @@ fn apply_usage(completion: &mut Completion, input: &mut Option<u64>, usage: Usag
     }
 }
 
+/// A refused message (`stop_reason: "refusal"`, Anthropic's streaming classifiers declining
+/// to go on) fills `refusal` with the text it carries, else with "refusal"; the finish reason
+/// stays "refusal".
+fn apply_refusal(completion: &mut Completion) {
+    if completion.finish_reason.as_deref() == Some("refusal") {
+        completion.refusal = Some(if completion.text.is_empty() {
+            "refusal".to_string()
+        } else {
+            completion.text.clone()
+        });
+    }
+}
+
 /// Reads a non-streaming response: the concatenated text blocks, `tool_use` blocks as tool
-/// calls, `stop_reason` and usage.
+/// calls, `stop_reason` (a refusal: [`apply_refusal`]) and usage.
 pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
     let response: Response<'_> = serde_json::from_slice(body)
         .map_err(|e| format!("response is not Messages JSON ({e}): {}", snippet(body)))?;
@@ -238,6 +251,7 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
         tool_calls: (!calls.is_empty()).then(|| Value::Array(calls).to_string()),
         ..Completion::default()
     };
+    apply_refusal(&mut completion);
     if let Some(usage) = response.usage {
         apply_usage(&mut completion, &mut None, usage);
     }
@@ -513,6 +527,7 @@ impl StreamAccumulator {
         if !calls.is_empty() {
             self.completion.tool_calls = Some(Value::Array(calls).to_string());
         }
+        apply_refusal(&mut self.completion);
         if self.keep_raw {
             self.completion.raw = Some(self.raw_json().to_string());
         }
@@ -731,6 +746,34 @@ mod tests {
                 ..Completion::default()
             })
         );
+    }
+
+    #[test]
+    fn a_refusal_fills_the_refusal_column_plain_and_streamed() {
+        let refused = br#"{"type":"message","role":"assistant","content":[{"type":"text","text":"Hello.."}],"stop_reason":"refusal","stop_details":{"type":"refusal","category":"cyber"},"usage":{"input_tokens":3,"output_tokens":2}}"#;
+        let c = parse_response(refused).expect("refusal is an answer");
+        assert_eq!(c.refusal.as_deref(), Some("Hello.."));
+        assert_eq!(c.finish_reason.as_deref(), Some("refusal"));
+        assert_eq!(c.text, "Hello..");
+        let empty = br#"{"type":"message","content":[],"stop_reason":"refusal"}"#;
+        let c = parse_response(empty).expect("refusal is an answer");
+        assert_eq!(c.refusal.as_deref(), Some("refusal"));
+        assert_eq!(c.finish_reason.as_deref(), Some("refusal"));
+        let ended = br#"{"type":"message","content":[{"type":"text","text":"ok"}],"stop_reason":"end_turn"}"#;
+        assert_eq!(parse_response(ended).expect("answer").refusal, None);
+
+        let mut acc = StreamAccumulator::new();
+        for (event, data) in &STREAM[..6] {
+            assert!(acc.on_event(event, data).is_ok());
+        }
+        let refusal_delta = r#"{"type":"message_delta","delta":{"stop_reason":"refusal","stop_sequence":null,"stop_details":{"type":"refusal"}},"usage":{"output_tokens":2}}"#;
+        assert!(acc.on_event("message_delta", refusal_delta).is_ok());
+        assert!(acc
+            .on_event("message_stop", r#"{"type":"message_stop"}"#)
+            .is_ok());
+        let c = acc.finish().expect("refused stream");
+        assert_eq!(c.refusal.as_deref(), Some("Hello!\n"));
+        assert_eq!(c.finish_reason.as_deref(), Some("refusal"));
     }
 
     #[test]

@@ -326,8 +326,7 @@ impl<'a> Endpoint<'a> {
 /// of it; `completion_tokens` includes `reasoning_tokens`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Completion {
-    /// The first choice's text (its refusal when it has no content). With `n > 1` the other
-    /// choices are only in `raw`.
+    /// The first choice's text (its refusal when it has no content).
     pub text: String,
     pub finish_reason: Option<String>,
     pub prompt_tokens: Option<u64>,
@@ -344,6 +343,12 @@ pub struct Completion {
     pub cached_prompt_tokens: Option<u64>,
     /// Anthropic `cache_creation_input_tokens`.
     pub cache_write_tokens: Option<u64>,
+    /// Every choice's text (as [`Completion::text`]: content, else refusal), in index order,
+    /// when the answer has more than one choice (OpenAI `n > 1`); `None` for one choice.
+    pub choices: Option<Vec<String>>,
+    /// The first choice's `logprobs` object as JSON text (`{"content": [...]}`), when the
+    /// answer carries one (OpenAI `logprobs: true`).
+    pub logprobs: Option<String>,
     /// The answer's JSON as received (a streamed answer: the assembled message), when the run
     /// keeps it ([`Target::keep_raw`]).
     pub raw: Option<String>,

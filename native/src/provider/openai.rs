@@ -74,8 +74,9 @@ pub fn target(base: &str, key: &ApiKey) -> Target {
 }
 
 /// Azure OpenAI: `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=V`
-/// with the `api-key` header (as the official SDK's `AzureOpenAI` client sends them). Without
-/// a deployment, `endpoint` is taken as the deployment's URL already.
+/// with the `api-key` header (as the official SDK's `AzureOpenAI` client sends them). The
+/// deployment is percent-encoded as one path segment ([`path_segment`]). Without a
+/// deployment, `endpoint` is taken as the deployment's URL already.
 pub fn azure_target(
     endpoint: &str,
     deployment: Option<&str>,
@@ -84,7 +85,10 @@ pub fn azure_target(
 ) -> Target {
     let endpoint = endpoint.trim_end_matches('/');
     let mut url = match deployment {
-        Some(deployment) => format!("{endpoint}/openai/deployments/{deployment}/chat/completions"),
+        Some(deployment) => format!(
+            "{endpoint}/openai/deployments/{}/chat/completions",
+            path_segment(deployment)
+        ),
         None => format!("{endpoint}/chat/completions"),
     };
     if let Some(version) = api_version {
@@ -98,6 +102,25 @@ pub fn azure_target(
             ("content-type", "application/json".to_string()),
         ],
     )
+}
+
+/// `segment` percent-encoded as one URL path segment: every byte of its UTF-8 but the
+/// unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`) becomes `%XX`, so `/`, `?`, `#`,
+/// `%` and spaces in a deployment name cannot change the URL's shape.
+pub(crate) fn path_segment(segment: &str) -> Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if segment.bytes().all(plain) {
+        return Cow::Borrowed(segment);
+    }
+    let mut out = String::with_capacity(segment.len() * 3);
+    for b in segment.bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// [`prepare`] for messages kept as JSON text: written into the body as they are.
@@ -178,6 +201,8 @@ struct Choice<'a> {
     message: Option<ResponseMessage<'a>>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default, borrow)]
+    logprobs: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -201,8 +226,17 @@ fn apply_usage(completion: &mut Completion, usage: Usage) {
         .and_then(|d| d.reasoning_tokens);
 }
 
-/// Reads a non-streaming response: the first choice's text, refusal, tool calls and finish
-/// reason, plus usage. With `n > 1` the first choice is the one with index 0.
+/// A `logprobs` value worth keeping: a JSON object or array, not `null`.
+fn logprobs_text(raw: Option<&RawValue>) -> Option<String> {
+    raw.map(RawValue::get)
+        .map(str::trim)
+        .filter(|text| text.starts_with('{') || text.starts_with('['))
+        .map(str::to_string)
+}
+
+/// Reads a non-streaming response: the first choice's text, refusal, tool calls, finish
+/// reason and logprobs, plus usage. With `n > 1` the first choice is the one with index 0,
+/// and every choice's text goes into [`Completion::choices`], in index order.
 pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
     let response: Response<'_> = serde_json::from_slice(body).map_err(|e| {
         format!(
@@ -218,7 +252,22 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
     if choices.is_empty() {
         return Err(format!("response has no choices: {}", snippet(body)));
     }
+    let all = (choices.len() > 1).then(|| {
+        let mut texts: Vec<(u32, String)> = choices
+            .iter()
+            .map(|c| {
+                let message = c.message.as_ref();
+                let text = message
+                    .and_then(|m| m.content.clone().or_else(|| m.refusal.clone()))
+                    .unwrap_or_default();
+                (c.index, text)
+            })
+            .collect();
+        texts.sort_by_key(|(index, _)| *index);
+        texts.into_iter().map(|(_, text)| text).collect::<Vec<_>>()
+    });
     let choice = choices.swap_remove(first);
+    let logprobs = logprobs_text(choice.logprobs);
     let message = choice.message.unwrap_or(ResponseMessage {
         content: None,
         refusal: None,
@@ -237,6 +286,8 @@ pub fn parse_response(body: &[u8]) -> Result<Completion, String> {
         finish_reason: choice.finish_reason,
         refusal: message.refusal,
         tool_calls,
+        choices: all,
+        logprobs,
         ..Completion::default()
     };
     if let Some(usage) = response.usage {
@@ -279,6 +330,18 @@ struct ChunkChoice<'a> {
     delta: Option<Delta<'a>>,
     #[serde(default)]
     finish_reason: Option<String>,
+    /// This chunk's share of the choice's logprobs (`null` when not asked for).
+    #[serde(default)]
+    logprobs: Option<LogprobsDelta>,
+}
+
+/// A streamed choice's `logprobs`: the entries of this chunk's tokens.
+#[derive(Deserialize)]
+struct LogprobsDelta {
+    #[serde(default)]
+    content: Option<Vec<Box<RawValue>>>,
+    #[serde(default)]
+    refusal: Option<Vec<Box<RawValue>>>,
 }
 
 #[derive(Deserialize)]
@@ -315,7 +378,8 @@ struct FunctionDelta<'a> {
 const MAX_INDEX: u32 = 128;
 
 /// What a streamed choice assembled besides choice 0's text (kept in the completion):
-/// choice 0's refusal and tool calls always; with `keep_raw`, every choice's everything.
+/// choice 0's refusal and tool calls always; the other choices' text, refusal and tool calls
+/// always (for [`Completion::choices`]); with `keep_raw`, every choice's everything.
 #[derive(Debug, Default)]
 struct ChoiceParts {
     index: u32,
@@ -334,9 +398,9 @@ struct ToolCallParts {
 }
 
 impl ChoiceParts {
-    /// Adds a delta's refusal and tool-call pieces (and its content, for `keep_raw`).
-    fn add(&mut self, delta: Delta<'_>, keep_raw: bool) {
-        if keep_raw {
+    /// Adds a delta's refusal and tool-call pieces (and its content, with `keep_content`).
+    fn add(&mut self, delta: Delta<'_>, keep_content: bool) {
+        if keep_content {
             if let Some(content) = &delta.content {
                 self.content.push_str(content);
             }
@@ -388,6 +452,25 @@ impl ChoiceParts {
     }
 }
 
+/// A streamed choice's logprobs entries so far: `content`'s, then `refusal`'s.
+type LogprobsParts = (Vec<Box<RawValue>>, Vec<Box<RawValue>>);
+
+/// A streamed choice's logprobs entries as one `logprobs` object, as a plain answer has it:
+/// `{"content": [...] | null, "refusal": [...] | null}`.
+fn logprobs_json((content, refusal): &LogprobsParts) -> Value {
+    let list = |entries: &Vec<Box<RawValue>>| {
+        (!entries.is_empty()).then(|| {
+            Value::Array(
+                entries
+                    .iter()
+                    .filter_map(|e| serde_json::from_str(e.get()).ok())
+                    .collect(),
+            )
+        })
+    };
+    json!({"content": list(content), "refusal": list(refusal)})
+}
+
 /// Assembles a streamed chat completion: `data: {chunk}` events, then `data: [DONE]`.
 #[derive(Debug, Default)]
 pub struct StreamAccumulator {
@@ -398,6 +481,8 @@ pub struct StreamAccumulator {
     id: Option<String>,
     model: Option<String>,
     created: Option<u64>,
+    /// Choice 0's logprobs entries as streamed, when any chunk carried a logprobs object.
+    logprobs: Option<LogprobsParts>,
 }
 
 impl StreamAccumulator {
@@ -473,8 +558,15 @@ impl StreamAccumulator {
         let mut appended = 0;
         for choice in chunk.choices {
             let (index, first) = (choice.index, choice.index == 0);
-            if index > MAX_INDEX || !(first || self.keep_raw) {
+            if index > MAX_INDEX {
                 continue;
+            }
+            if first {
+                if let Some(logprobs) = choice.logprobs {
+                    let (content, refusal) = self.logprobs.get_or_insert_with(Default::default);
+                    content.extend(logprobs.content.into_iter().flatten());
+                    refusal.extend(logprobs.refusal.into_iter().flatten());
+                }
             }
             if let Some(delta) = choice.delta {
                 if first {
@@ -483,11 +575,15 @@ impl StreamAccumulator {
                         appended += piece.len();
                     }
                 }
-                // Most chunks carry text only: the parts are for refusals, tool calls and raw.
-                if self.keep_raw || delta.refusal.is_some() || delta.tool_calls.is_some() {
-                    let keep_raw = self.keep_raw;
-                    self.parts(index).add(delta, keep_raw);
+                // Most chunks of choice 0 carry text only: its parts are for refusals, tool
+                // calls and raw. The other choices' text is kept for `choices`.
+                if !first || self.keep_raw || delta.refusal.is_some() || delta.tool_calls.is_some()
+                {
+                    let keep_content = !first || self.keep_raw;
+                    self.parts(index).add(delta, keep_content);
                 }
+            } else if !first {
+                self.parts(index);
             }
             if let Some(reason) = choice.finish_reason {
                 if self.keep_raw {
@@ -527,6 +623,27 @@ impl StreamAccumulator {
             }
             self.completion.tool_calls = first.tool_calls_json().map(|v| v.to_string());
         }
+        if self.choices.iter().any(|c| c.index != 0) {
+            let mut texts: Vec<(u32, String)> = self
+                .choices
+                .iter()
+                .filter(|c| c.index != 0)
+                .map(|c| {
+                    let text = if c.content.is_empty() {
+                        &c.refusal
+                    } else {
+                        &c.content
+                    };
+                    (c.index, text.clone())
+                })
+                .collect();
+            texts.push((0, self.completion.text.clone()));
+            texts.sort_by_key(|(index, _)| *index);
+            self.completion.choices = Some(texts.into_iter().map(|(_, text)| text).collect());
+        }
+        if let Some(logprobs) = &self.logprobs {
+            self.completion.logprobs = Some(logprobs_json(logprobs).to_string());
+        }
         if self.keep_raw {
             self.completion.raw = Some(self.raw_json().to_string());
         }
@@ -550,7 +667,13 @@ impl StreamAccumulator {
                 if let Some(calls) = c.tool_calls_json() {
                     message["tool_calls"] = calls;
                 }
-                json!({"index": c.index, "message": message, "finish_reason": c.finish_reason})
+                let logprobs = self.logprobs.as_ref().filter(|_| c.index == 0);
+                json!({
+                    "index": c.index,
+                    "message": message,
+                    "logprobs": logprobs.map(logprobs_json),
+                    "finish_reason": c.finish_reason,
+                })
             })
             .collect();
         let c = &self.completion;
@@ -689,6 +812,31 @@ mod tests {
     }
 
     #[test]
+    fn azure_percent_encodes_the_deployment_as_one_segment() {
+        let key = ApiKey::new("az");
+        let url =
+            |deployment| azure_target("https://r.example/", Some(deployment), Some("v1"), &key).url;
+        assert_eq!(
+            url("gpt-4o_mini.v2~x"),
+            "https://r.example/openai/deployments/gpt-4o_mini.v2~x/chat/completions?api-version=v1"
+        );
+        assert_eq!(
+            url("my dep/../x?y#z%é"),
+            "https://r.example/openai/deployments/my%20dep%2F..%2Fx%3Fy%23z%25%C3%A9/chat/completions?api-version=v1"
+        );
+        let target = azure_target("https://r.example", Some("a/b c"), None, &key);
+        let (parsed, _) = target.http().expect("a valid URL");
+        assert_eq!(
+            parsed.path(),
+            "/openai/deployments/a%2Fb%20c/chat/completions"
+        );
+        assert_eq!(
+            azure_target("https://r.example/openai/deployments/d", None, None, &key).url,
+            "https://r.example/openai/deployments/d/chat/completions"
+        );
+    }
+
+    #[test]
     fn error_message_prefers_the_provider_message() {
         let body = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
         assert_eq!(error_message(body), "requests: Rate limit reached");
@@ -733,6 +881,70 @@ mod tests {
                 ..Completion::default()
             })
         );
+    }
+
+    #[test]
+    fn n_choices_and_logprobs_are_read_plain_and_streamed() {
+        let body = br#"{"choices":[
+            {"index":1,"message":{"content":"second"},"logprobs":null,"finish_reason":"stop"},
+            {"index":0,"message":{"content":"first"},"logprobs":{"content":[{"token":"first","logprob":-0.5,"bytes":[102],"top_logprobs":[]}],"refusal":null},"finish_reason":"stop"},
+            {"index":2,"message":{"content":null,"refusal":"no"},"finish_reason":"stop"}]}"#;
+        let c = parse_response(body).expect("answer");
+        assert_eq!(c.text, "first");
+        assert_eq!(
+            c.choices,
+            Some(vec!["first".into(), "second".into(), "no".into()])
+        );
+        let logprobs: Value = serde_json::from_str(c.logprobs.as_deref().unwrap()).unwrap();
+        assert_eq!(logprobs["content"][0]["logprob"], json!(-0.5));
+        // One choice: no `choices`; `logprobs: null`: none.
+        let one = br#"{"choices":[{"index":0,"message":{"content":"a"},"logprobs":null}]}"#;
+        let c = parse_response(one).expect("answer");
+        assert_eq!((c.choices, c.logprobs), (None, None));
+
+        let entry = |t: &str| json!({"token": t, "logprob": -0.1, "bytes": [], "top_logprobs": []});
+        let chunk = |index: u32, content: &str, logprobs: Value| {
+            json!({"choices": [{"index": index, "delta": {"content": content}, "logprobs": logprobs, "finish_reason": null}]}).to_string()
+        };
+        for keep_raw in [false, true] {
+            let mut acc = StreamAccumulator::keeping_raw(keep_raw);
+            let events = [
+                chunk(2, "C", Value::Null),
+                chunk(1, "B", Value::Null),
+                chunk(0, "A", json!({"content": [entry("A")], "refusal": null})),
+                chunk(1, "b", Value::Null),
+                chunk(0, "a", json!({"content": [entry("a")], "refusal": null})),
+                chunk(2, "c", Value::Null),
+                json!({"choices": [{"index": 2, "delta": {}, "finish_reason": "stop"}, {"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string(),
+            ];
+            for event in &events {
+                acc.on_event("", event).expect("chunk");
+            }
+            acc.on_event("", "[DONE]").expect("done");
+            let c = acc.finish().expect("stream");
+            assert_eq!(c.text, "Aa");
+            assert_eq!(
+                c.choices,
+                Some(vec!["Aa".into(), "Bb".into(), "Cc".into()]),
+                "keep_raw {keep_raw}"
+            );
+            let logprobs: Value = serde_json::from_str(c.logprobs.as_deref().unwrap()).unwrap();
+            assert_eq!(
+                logprobs,
+                json!({"content": [entry("A"), entry("a")], "refusal": null})
+            );
+            if keep_raw {
+                let raw: Value = serde_json::from_str(c.raw.as_deref().unwrap()).unwrap();
+                assert_eq!(raw["choices"][0]["logprobs"], logprobs);
+                assert_eq!(raw["choices"][2]["message"]["content"], "Cc");
+            }
+        }
+        // A one-choice stream without logprobs has neither.
+        let mut acc = StreamAccumulator::new();
+        acc.on_event("", &chunk(0, "x", Value::Null)).unwrap();
+        acc.on_event("", "[DONE]").unwrap();
+        let c = acc.finish().unwrap();
+        assert_eq!((c.choices, c.logprobs), (None, None));
     }
 
     #[test]
