@@ -4,7 +4,7 @@ BIN    := $(VENV)/bin
 SHELL  := /bin/bash
 
 .DEFAULT_GOAL := help
-.PHONY: help build binary demo test test-rust test-python bench bench-pacing bench-resend clean
+.PHONY: help build binary wheel demo test test-rust test-python bench bench-pacing bench-resend clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,13 +21,18 @@ build: $(BIN)/maturin ## create .venv, install a release build of prompt-runner 
 binary: ## build the standalone client: target/release/model-client-rs (no libpython)
 	cargo build --release --bin model-client-rs
 
+wheel: $(BIN)/maturin ## the abi3 wheel for this platform (manylinux-checked by maturin) and the sdist, in dist/
+	rm -rf dist
+	$(BIN)/maturin build --release --out dist --quiet
+	$(BIN)/maturin sdist --out dist
+
 demo: build ## run the example dataset on the built-in mock provider and show the result
 	$(BIN)/prompt-runner run examples/data/questions.jsonl -o runs/demo.parquet \
 		--provider mock --template-file examples/templates/question.jinja \
 		--system "Answer briefly." --concurrency 16
 	$(BIN)/python -c "import polars as pl; print(pl.read_parquet('runs/demo.parquet').select('id','question','status','output','prompt_tokens','completion_tokens','latency_ms').head(5))"
 
-test: build test-rust test-python ## build, then run every test (Rust unit tests and pytest)
+test: build wheel test-rust test-python ## build (and the wheel), then run every test (Rust unit tests and pytest)
 
 test-rust: ## Rust unit tests (release profile: reuses the wheel build's artifacts)
 	cargo test --release -p prompt-runner-native

@@ -239,3 +239,20 @@ def test_a_stream_answered_with_json_keeps_its_text(tmp_path: Path) -> None:
         return "".join([chunk.content async for chunk in ModelClient().run([Message("user", "client text")], config)])
 
     assert asyncio.run(ask()) == expected_reply("client text")
+
+
+def test_n_choices_and_logprobs_land_in_their_columns_and_come_back_from_the_cache(tmp_path: Path) -> None:
+    server = mock()
+    cache_dir = {"PROMPT_RUNNER_CACHE_DIR": str(tmp_path / "cache")}
+    args = ("--param", "n=3", "--param", "logprobs=true", "--cache")
+    res, out = run(tmp_path, server, [{"prompt": "three ways"}], *args, env=cache_dir)
+    assert res.code == 0, res.stderr
+    df = read_output(out)
+    assert df["choices"].to_list() == [[expected_reply("three ways")] * 3]
+    assert df["output"][0] == expected_reply("three ways")
+    assert [t["token"].strip() for t in json.loads(df["logprobs"][0])["content"]] == expected_reply("three ways").split()
+    again, out2 = run(tmp_path, server, [{"prompt": "three ways"}], *args, name="again", env=cache_dir)
+    assert again.code == 0, again.stderr
+    cached = read_output(out2)
+    assert cached["cache_hit"].to_list() == [True] and stats(server)["requests"] == 1
+    assert cached["choices"].to_list() == df["choices"].to_list() and cached["logprobs"][0] == df["logprobs"][0]

@@ -51,6 +51,8 @@ RESULT_FIELDS: tuple[str, ...] = (
     "request_hash",
     "refusal",
     "tool_calls",
+    "choices",
+    "logprobs",
     "reasoning_tokens",
     "cached_prompt_tokens",
     "cache_write_tokens",
@@ -61,6 +63,8 @@ RESULT_FIELDS: tuple[str, ...] = (
 _ADDED_COLUMNS = {
     "refusal": "TEXT",
     "tool_calls": "TEXT",
+    "choices": "TEXT",  # a list of texts, kept as JSON
+    "logprobs": "TEXT",
     "reasoning_tokens": "INTEGER",
     "cached_prompt_tokens": "INTEGER",
     "cache_write_tokens": "INTEGER",
@@ -248,6 +252,8 @@ class ResponseCache:
             raise ValueError(f"store_results: {len(keys)} keys for {results.num_rows} rows")
         ok = pc.fill_null(pc.equal(results.column("status"), "ok"), False).to_pylist()
         columns = results.select([f for f in RESULT_FIELDS if f in results.column_names]).to_pydict()
+        if "choices" in columns:
+            columns["choices"] = [None if v is None else json.dumps(v, ensure_ascii=False) for v in columns["choices"]]
         rows = [(key, {name: values[i] for name, values in columns.items()}) for i, key in enumerate(keys) if ok[i]]
         return self.store(rows)
 
@@ -271,6 +277,7 @@ def hits_table(rows: Sequence[int], keys: Sequence[str], hits: dict[str, dict[st
     columns: dict[str, list[Any]] = {"row": [row for row, _ in found]}
     for name in RESULT_FIELDS:
         columns[name] = [hit.get(name) for _, hit in found]
+    columns["choices"] = [None if v is None else json.loads(v) for v in columns["choices"]]
     n = len(found)
     columns.update(status=["ok"] * n, latency_ms=[0.0] * n, attempts=[0] * n, started_at=[now_us] * n, finished_at=[now_us] * n)
     return result_table(columns, rows=n)
