@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 from runner import memory  # before the imports below load pyarrow and allocate
 
@@ -82,7 +82,7 @@ def run(
     metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics during the run.")] = None,
 ) -> None:
     """Run every row of INPUT against a model (or a job file's models) and write one result row per input row and model."""
-    flags = {
+    flags: dict[str, Any] = {
         "input": input, "output": output, "provider": provider, "model": model, "api_base": api_base,
         "api_key_env": api_key_env, "concurrency": concurrency, "rpm": rpm, "tpm": tpm,
         "max_retries": max_retries, "timeout": timeout, "stream": stream, "template": template,
@@ -91,7 +91,7 @@ def run(
         "max_failures": max_failures, "min_pass_rate": min_pass_rate,
         "response_format": str(response_format) if response_format else None, "tools": str(tools) if tools else None,
     }
-    extra = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
+    extra: dict[str, Any] = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
              "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port,
              "fail_fast": fail_fast, "keep_raw": keep_raw, "api_version": api_version}
     try:

@@ -101,7 +101,7 @@ class LaneRun:
         and key are known to work and a string of alike failures says nothing about the run.
         `log`: where the executor writes the run's log (a segment prefix; see runner.store.runlog)."""
         o, lane = self.opts, self.lane
-        config = {
+        config: dict[str, Any] = {
             "provider": self.ep.wire,
             "api_base": self.ep.api_base,
             "api_key": self.ep.api_key,
@@ -119,7 +119,7 @@ class LaneRun:
             "log": log,
         }
         # The request surface beyond messages (runner.engine.request), sent when set.
-        extra = {
+        extra: dict[str, Any] = {
             "params": lane.params,
             "headers": resolve_headers(o.headers),
             "keep_raw": o.keep_raw,

@@ -61,9 +61,9 @@ class RunLog:
         table = pa.Table.from_batches([pa.record_batch(batch)])
         if not table.num_rows:
             return table
-        latest = pl.from_arrow(table).unique(subset="_row", keep="last", maintain_order=True)
-        assert isinstance(latest, pl.DataFrame)
-        return latest.to_arrow().cast(table.schema)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame.unique(subset="_row", keep="last", maintain_order=True).to_arrow().cast(table.schema)
 
     def folded(self, sealed: list[Path], recovered: bool) -> None:
         """`sealed` segments' rows are now in a durable part. `recovered`: every row read back
