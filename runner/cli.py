@@ -96,10 +96,10 @@ def run(
              "fail_fast": fail_fast, "keep_raw": keep_raw, "api_version": api_version}
     try:
         from runner.engine import observability
-        from runner.engine.request import pairs
+        from runner.engine.request import key_values
 
-        flags["params"] = pairs("--param", param, json_values=True) if param else None
-        flags["headers"] = pairs("--header", header, json_values=False) if header else None
+        flags["params"] = key_values("--param", param, json_values=True) if param else None
+        flags["headers"] = key_values("--header", header, json_values=False) if header else None
         observability.setup_logging(log_level, log_format)
         if job is not None:
             opts, loaded = job_options(job, flags, extra)

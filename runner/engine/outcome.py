@@ -34,7 +34,7 @@ class Stop(str, enum.Enum):
 @dataclass
 class RunOutcome:
     """The end of a run. `rows`: the rows the run owes (input rows x models); `written`: rows in
-    the output; `pending`: rows with no result yet."""
+    the output."""
 
     output: Path
     stop: Stop
@@ -43,10 +43,6 @@ class RunOutcome:
     ok: int = 0
     failed: int = 0
     message: str | None = None
-
-    @property
-    def pending(self) -> int:
-        return max(0, self.rows - self.ok - self.failed)
 
     def record(self) -> dict[str, str | None]:
         """How the run ended, as kept in its run state (`status` reads it)."""

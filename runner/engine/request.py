@@ -22,7 +22,7 @@ __all__ = [
     "check_headers",
     "check_params",
     "load_json",
-    "pairs",
+    "key_values",
     "resolve_headers",
     "schema_params",
 ]
@@ -34,7 +34,7 @@ OWNED = ("model", "messages", "stream")
 CREDENTIAL_WORDS = ("key", "token", "auth", "secret", "cookie", "password")
 
 
-def pairs(flag: str, items: Iterable[str], json_values: bool) -> dict[str, Any]:
+def key_values(flag: str, items: Iterable[str], json_values: bool) -> dict[str, Any]:
     """`KEY=VALUE` items as a dict. With `json_values`, VALUE is read as JSON when it parses
     (`seed=7`, `stop=["\\n"]`, `logprobs=true`), else kept as a string."""
     out: dict[str, Any] = {}
