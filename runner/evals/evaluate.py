@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 import pyarrow.parquet as pq
 
 from runner.store.files import write_atomic
+from runner.engine.request import load_json
 from runner.errors import InputError
 from runner.evals.jobfile import Job
 from runner.evals.report import write_reports
@@ -31,8 +33,14 @@ def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = No
         table = pq.read_table(path)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read the output to score it: {exc}") from None
-    if job.score is not None:
-        table = score_table(table, job.score)
+    score = job.score
+    if score is not None and score.method == "json" and score.schema is None and job.request.response_format:
+        # The answers were asked to match the response format's schema (the job's, or
+        # --response-format's): check that they do.
+        schema = load_json(job.request.response_format, "--response-format")
+        score = replace(score, schema=schema, schema_file=job.request.response_format)
+    if score is not None:
+        table = score_table(table, score)
         write_atomic(table, path)
     _, missed = write_reports(
         table,

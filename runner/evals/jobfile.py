@@ -454,15 +454,6 @@ def parse_job(data: dict[str, Any], where: str, *, default_name: str = "job") ->
                     values["schema"] = table(json.loads(text))
                 except (ValueError, Bad) as err:
                     c.add("score.schema_file", f"{values['schema_file']} is not a JSON object: {err}")
-        if values.get("method") == "json" and "schema" not in values and "response_format" in request:
-            # The answers were asked to match the response format's schema: check that they do.
-            text = c.read_text(request["response_format"], "request.response_format")
-            if text is not None:
-                try:
-                    values["schema"] = table(json.loads(text))
-                    values["schema_file"] = request["response_format"]
-                except (ValueError, Bad) as err:
-                    c.add("request.response_format", f"{request['response_format']} is not a JSON object: {err}")
         if "method" in values:
             score = ScoreSpec(**values)
             for key, message in validate_method(score):
