@@ -256,3 +256,67 @@ def test_n_choices_and_logprobs_land_in_their_columns_and_come_back_from_the_cac
     cached = read_output(out2)
     assert cached["cache_hit"].to_list() == [True] and stats(server)["requests"] == 1
     assert cached["choices"].to_list() == df["choices"].to_list() and cached["logprobs"][0] == df["logprobs"][0]
+
+
+def test_model_params_job_headers_and_the_api_version_flag(tmp_path: Path) -> None:
+    server = mock()
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a b c d e f"}])
+    job = tmp_path / "job.toml"
+    job.write_text(f"""
+input = "{tmp_path / 'in.jsonl'}"
+output = "{tmp_path / 'out.parquet'}"
+[request.params]
+max_tokens = 4
+[request.headers]
+x-team = "evals"
+[[models]]
+provider = "openai"
+model = "short"
+api_base = "{base_for(server, 'openai')}"
+api_key_env = "MOCK_KEY"
+params = {{ max_tokens = 2 }}
+[[models]]
+provider = "openai"
+model = "long"
+api_base = "{base_for(server, 'openai')}"
+api_key_env = "MOCK_KEY"
+""")
+    res = cli("run", "--job", str(job), env={"MOCK_KEY": server.api_key})
+    assert res.code == 0, res.stderr
+    df = read_output(tmp_path / "out.parquet")
+    by_model = dict(zip(df["model"].to_list(), df["output"].to_list()))
+    assert by_model == {"short": expected_reply("a b c d e f", 2), "long": expected_reply("a b c d e f", 4)}
+    assert stats(server)["headers"].get("x-team") == 2
+    # --api-version: for Azure only, from the flag as from the variable.
+    refused, _ = run(tmp_path, server, [{"prompt": "x"}], "--api-version", "2024-10-21", name="notazure")
+    assert refused.code == 2 and "only Azure OpenAI takes an api-version" in refused.stderr
+    path = write_jsonl(tmp_path / "az.jsonl", [{"prompt": "hello azure"}])
+    res = cli("run", str(path), "-o", str(tmp_path / "az.parquet"), "--provider", "azure", "--model", "dep",
+              "--api-base", server.url, "--api-version", "2024-10-21", env={"AZURE_OPENAI_API_KEY": server.api_key})
+    assert res.code == 0, res.stderr
+    assert stats(server)["by_path"].get("/openai/deployments/dep/chat/completions") == 1
+
+
+def test_the_json_scorer_checks_a_response_format_given_on_the_command_line(tmp_path: Path) -> None:
+    server = mock()
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q"}])
+    job = tmp_path / "job.toml"
+    job.write_text(f"""
+input = "{tmp_path / 'in.jsonl'}"
+output = "{tmp_path / 'out.parquet'}"
+[[models]]
+provider = "openai"
+model = "m"
+api_base = "{base_for(server, 'openai')}"
+api_key_env = "MOCK_KEY"
+[score]
+method = "json"
+""")
+    res = cli("run", "--job", str(job), "--response-format", str(tmp_path / "schema.json"), env={"MOCK_KEY": server.api_key})
+    assert res.code == 0, res.stderr
+    import pyarrow.parquet as pq
+
+    scored = json.loads(pq.read_schema(tmp_path / "out.parquet").metadata[b"prompt_runner.score"])
+    assert scored["schema"] == schema and read_output(tmp_path / "out.parquet")["passed"].to_list() == [True]

@@ -140,6 +140,9 @@ class RunSpec:
 
         check_params(self.params, "--param")
         check_headers(self.headers, "--header")
+        providers = [spec["provider"] for spec in self.models or [{"provider": self.provider}]]
+        if self.api_version and "azure" not in providers:
+            raise InputError("--api-version: only Azure OpenAI takes an api-version (--provider azure)")
         for spec in self.models or [{"provider": self.provider, "model": self.model}]:
             if spec["provider"] not in PROVIDERS:
                 raise InputError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {spec['provider']!r}")
