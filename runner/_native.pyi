@@ -23,6 +23,8 @@ __all__ = [
     "NativeError",
     "RunStopped",
     "__version__",
+    "batch_requests",
+    "batch_results",
     "init_logging",
     "is_reasoning_model",
     "read_log",
@@ -102,6 +104,18 @@ class MetricsServer:
     def url(self) -> str: ...
     def stop(self) -> None: ...
 
+def batch_requests(config_json: str, payloads: list[str]) -> list[tuple[str, str]]:
+    """Per payload (as ``Executor.submit`` takes it): ``(body, request_hash)``, the JSON request body
+    the live executor would send (never streamed; ``stream: true`` is a ConfigError) and its hash.
+    A bad payload raises ConfigError naming its index."""
+def batch_results(
+    config_json: str,
+    items: list[tuple[int, str, int | None, str | None, str | None, str | None, int, int]],
+) -> ResultBatch:
+    """The result rows of Batch API answers, in order, as ``Executor.poll`` returns them. Each item:
+    ``(row, request_hash, http_status, body, error_type, error, started_at_us, finished_at_us)``;
+    ``error_type`` (an output ``error_type`` name, e.g. ``"expired"``) wins, else a 2xx body is
+    parsed as a live answer, else the status and body are classified as a live error."""
 def init_logging(level: str = "info", json: bool = False) -> bool: ...
 def is_reasoning_model(name: str) -> bool:
     """Whether ``name`` is an OpenAI reasoning model (o1, o3, o4, gpt-5 and their dated or

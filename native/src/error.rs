@@ -52,13 +52,18 @@ pub enum ErrorType {
     IncompleteStream,
     /// 409: a conflicting concurrent request; the providers ask to retry.
     Conflict,
-    /// The run was stopped before this request finished.
+    /// The run was stopped before this request finished (or, in a Batch API run, the batch
+    /// was cancelled before the provider ran it).
     Cancelled,
+    /// The provider's Batch API did not run the request before the batch expired (its
+    /// completion window ended). Not fatal, and never retried live: the batch engine decides
+    /// whether to send it again.
+    Expired,
 }
 
 impl ErrorType {
     /// Every variant, for tests and for code that builds per-type counters.
-    pub const ALL: [ErrorType; 13] = [
+    pub const ALL: [ErrorType; 14] = [
         ErrorType::RateLimited,
         ErrorType::ServerError,
         ErrorType::Overloaded,
@@ -72,6 +77,7 @@ impl ErrorType {
         ErrorType::IncompleteStream,
         ErrorType::Conflict,
         ErrorType::Cancelled,
+        ErrorType::Expired,
     ];
 
     /// The snake_case name used in the output schema and in `status` reports.
@@ -90,6 +96,7 @@ impl ErrorType {
             ErrorType::IncompleteStream => "incomplete_stream",
             ErrorType::Conflict => "conflict",
             ErrorType::Cancelled => "cancelled",
+            ErrorType::Expired => "expired",
         }
     }
 
@@ -113,6 +120,11 @@ impl ErrorType {
     /// Whether the whole run must stop: every other row would fail the same way.
     pub fn is_fatal(self) -> bool {
         matches!(self, ErrorType::Auth | ErrorType::Quota)
+    }
+
+    /// The type an [`ErrorType::as_str`] name stands for (`"expired"`, `"server_error"`, ...).
+    pub fn from_name(name: &str) -> Option<ErrorType> {
+        ErrorType::ALL.into_iter().find(|t| t.as_str() == name)
     }
 
     /// The type a provider's error name stands for (`overloaded_error`, `rate_limit_exceeded`,
@@ -171,6 +183,11 @@ mod tests {
             ErrorType::ALL.iter().map(|t| t.as_str()).collect();
         assert_eq!(names.len(), ErrorType::ALL.len());
         assert_eq!(IncompleteStream.to_string(), "incomplete_stream");
+        for t in ErrorType::ALL {
+            assert_eq!(ErrorType::from_name(t.as_str()), Some(t));
+        }
+        assert_eq!(ErrorType::from_name("expired"), Some(Expired));
+        assert_eq!(ErrorType::from_name("Expired"), None);
         assert_eq!(
             ErrorType::from_provider_name("overloaded_error"),
             Some(Overloaded)

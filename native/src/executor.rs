@@ -484,21 +484,8 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
             if let Some(n) = completion.completion_tokens {
                 stats.completion_tokens.fetch_add(n, Ordering::Relaxed);
             }
-            row.ok = true;
-            row.output = Some(completion.text);
-            row.refusal = completion.refusal;
-            row.tool_calls = completion.tool_calls;
-            row.choices = completion.choices;
-            row.logprobs = completion.logprobs;
-            row.finish_reason = completion.finish_reason;
-            row.prompt_tokens = completion.prompt_tokens;
-            row.completion_tokens = completion.completion_tokens;
-            row.reasoning_tokens = completion.reasoning_tokens;
-            row.cached_prompt_tokens = completion.cached_prompt_tokens;
-            row.cache_write_tokens = completion.cache_write_tokens;
-            row.raw = completion.raw;
+            row.set_completion(completion, success.http_status);
             row.ttft_ms = success.ttft.map(|d| d.as_secs_f64() * 1000.0);
-            row.http_status = Some(success.http_status);
         }
         Err(err) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -507,9 +494,7 @@ async fn run_row(shared: &Shared, job: Job) -> Option<RowResult> {
                 tracing::error!(cause = err.kind.as_str(), "run stopped: fail fast");
                 shared.stop_fatal(stop);
             }
-            row.http_status = err.http_status;
-            row.error_type = Some(err.kind);
-            row.error = Some(message);
+            row.set_error(err.kind, err.http_status, message);
         }
     }
     Some(row)

@@ -39,7 +39,9 @@ impl FailFast {
         if !self.watching.load(Ordering::Relaxed) {
             return None;
         }
-        let permanent = !kind.is_retryable() && !kind.is_fatal() && kind != ErrorType::Cancelled;
+        let permanent = !kind.is_retryable()
+            && !kind.is_fatal()
+            && !matches!(kind, ErrorType::Cancelled | ErrorType::Expired);
         let mut seen = self.seen.lock().unwrap();
         let same = seen
             .1

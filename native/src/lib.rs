@@ -2,6 +2,7 @@
 
 pub mod adaptive;
 pub mod batch;
+pub mod batch_api;
 pub mod cli;
 pub mod client;
 pub mod config;

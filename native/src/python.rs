@@ -2,6 +2,7 @@
 //! maps native errors to Python exceptions.
 
 use crate::batch;
+use crate::batch_api::{self, BatchAnswer};
 use crate::client::{
     ClientConfig, ClientError as NativeClientError, ModelClient as NativeModelClient, Response,
 };
@@ -325,6 +326,61 @@ fn result_schema() -> ResultSchema {
 #[pyfunction]
 fn is_reasoning_model(name: &str) -> bool {
     provider::is_reasoning_model(name)
+}
+
+/// The Batch API engine's request lines: per payload (as `Executor.submit` takes it), the
+/// request body the live executor would send (never streamed) and its request hash.
+#[pyfunction]
+fn batch_requests(
+    py: Python<'_>,
+    config_json: &str,
+    payloads: Vec<String>,
+) -> PyResult<Vec<(String, String)>> {
+    let config = batch_api::config(config_json)?;
+    Ok(py.detach(|| batch_api::requests(&config, payloads))?)
+}
+
+/// One Batch API answer: (row, request_hash, http_status, body, error_type, error,
+/// started_at_us, finished_at_us).
+type BatchItem = (
+    u64,
+    String,
+    Option<u16>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+/// The result rows of Batch API answers, in order, as one result batch (the shape of a poll).
+#[pyfunction]
+fn batch_results(
+    py: Python<'_>,
+    config_json: &str,
+    items: Vec<BatchItem>,
+) -> PyResult<ResultBatch> {
+    let config = batch_api::config(config_json)?;
+    let answers = items
+        .into_iter()
+        .map(
+            |(row, request_hash, http_status, body, error_type, error, started, finished)| {
+                BatchAnswer {
+                    row,
+                    request_hash,
+                    http_status,
+                    body,
+                    error_type,
+                    error,
+                    started_at_us: started,
+                    finished_at_us: finished,
+                }
+            },
+        )
+        .collect();
+    let rows = py.detach(|| batch_api::results(&config, answers))?;
+    let batch = batch::to_batch(&rows).map_err(native_error)?;
+    Ok(ResultBatch { batch })
 }
 
 /// The project's mock OpenAI/Anthropic server, serving on the shared runtime until stopped.
@@ -694,6 +750,8 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_log, m)?)?;
     m.add_function(wrap_pyfunction!(result_schema, m)?)?;
     m.add_function(wrap_pyfunction!(is_reasoning_model, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_requests, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_results, m)?)?;
     m.add("ClientError", py.get_type::<ClientError>())?;
     let wait = wrap_pyfunction!(wait_for_deliveries, m)?;
     py.import("atexit")?.call_method1("register", (wait,))?;

@@ -2,6 +2,7 @@
 //! (`wal.rs`) and a poll's batch carries it (`batch.rs`).
 
 use crate::error::ErrorType;
+use crate::provider::Completion;
 use serde::{Deserialize, Serialize};
 
 /// The outcome of one row, after all its attempts (also a record of the run's log, `wal.rs`).
@@ -56,4 +57,35 @@ pub struct RowResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<String>,
     pub request_hash: String,
+}
+
+impl RowResult {
+    /// Records a successful answer: `ok`, the completion's text, tool calls, choices, logprobs,
+    /// finish reason, token counts and raw JSON, and the HTTP status. Shared by the live
+    /// executor and the Batch API's results (`batch_api.rs`).
+    pub fn set_completion(&mut self, completion: Completion, http_status: u16) {
+        self.ok = true;
+        self.output = Some(completion.text);
+        self.refusal = completion.refusal;
+        self.tool_calls = completion.tool_calls;
+        self.choices = completion.choices;
+        self.logprobs = completion.logprobs;
+        self.finish_reason = completion.finish_reason;
+        self.prompt_tokens = completion.prompt_tokens;
+        self.completion_tokens = completion.completion_tokens;
+        self.reasoning_tokens = completion.reasoning_tokens;
+        self.cached_prompt_tokens = completion.cached_prompt_tokens;
+        self.cache_write_tokens = completion.cache_write_tokens;
+        self.raw = completion.raw;
+        self.http_status = Some(http_status);
+    }
+
+    /// Records a failure: its type, HTTP status (if any answer came) and message (already
+    /// redacted by the caller).
+    pub fn set_error(&mut self, kind: ErrorType, http_status: Option<u16>, message: String) {
+        self.ok = false;
+        self.http_status = http_status;
+        self.error_type = Some(kind);
+        self.error = Some(message);
+    }
 }

@@ -125,8 +125,13 @@ pub async fn send_with(
 /// remove ours and any credential header's value here, where they are known, then anything
 /// shaped like a provider key, so no caller can print one by accident.
 fn redact(req: &PreparedRequest, message: &str) -> String {
+    redact_for(&req.target, message)
+}
+
+/// [`redact`] for a target's credentials (also used for Batch API answers, `batch_api.rs`).
+pub(crate) fn redact_for(target: &provider::Target, message: &str) -> String {
     let mut message = message.to_string();
-    for credential in req.target.credentials() {
+    for credential in target.credentials() {
         message = ApiKey::new(credential).redact(&message);
     }
     redact_secrets(&message)
