@@ -80,6 +80,10 @@ def run(
     log_level: Annotated[Optional[str], typer.Option(help="Log requests and retries to stderr at this level (error, warning, info, debug).", envvar="PROMPT_RUNNER_LOG")] = None,
     log_format: Annotated[str, typer.Option(help="Log format: text, or json (one object per line).")] = "text",
     metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics during the run.")] = None,
+    batch_api: Annotated[bool, typer.Option("--batch-api", help="Send the rows through the provider's Batch API: half price, answers within 24 hours, submitted exactly once.")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="With --batch-api: return once the batches are submitted; `resume` collects them.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(help="With --batch-api: requests per batch at most (default: the provider's limit, 50,000 OpenAI, 100,000 Anthropic).")] = None,
+    fallback: Annotated[Optional[str], typer.Option(help="With --batch-api: `live` sends the rows a batch did not run (expired, cancelled) as live requests.")] = None,
 ) -> None:
     """Run every row of INPUT against a model (or a job file's models) and write one result row per input row and model."""
     flags: dict[str, Any] = {
@@ -93,7 +97,8 @@ def run(
     }
     extra: dict[str, Any] = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
              "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port,
-             "fail_fast": fail_fast, "keep_raw": keep_raw, "api_version": api_version}
+             "fail_fast": fail_fast, "keep_raw": keep_raw, "api_version": api_version,
+             "batch_api": batch_api, "wait": not no_wait, "batch_size": batch_size, "fallback": fallback}
     try:
         from runner.engine import observability
         from runner.engine.request import key_values
@@ -181,13 +186,15 @@ def tell(outcome: RunOutcome) -> None:
     elif stop is Stop.INTERRUPTED:
         typer.echo(f"\ninterrupted: {message}", err=True)
         typer.echo(f"resume with: {resume}", err=True)
+    elif stop is Stop.SUBMITTED:
+        typer.echo(f"submitted: {message}", err=True)
 
 
 def exit_code(outcome: RunOutcome, max_failures: int | None) -> int:
     """0 when every row is ok, or at most `max_failures` failed; 130 when interrupted; else 1."""
     if outcome.stop is Stop.INTERRUPTED:
         return EXIT_INTERRUPTED
-    if outcome.stop is Stop.DRY_RUN:
+    if outcome.stop in (Stop.DRY_RUN, Stop.SUBMITTED):
         return EXIT_OK
     if outcome.stop is not Stop.COMPLETED or outcome.written < outcome.rows:
         return EXIT_FAILED
@@ -206,8 +213,10 @@ def resume(
     tpm: Annotated[Optional[int], typer.Option(help="Override the saved tokens per minute.")] = None,
     grace_period: Annotated[Optional[float], typer.Option(help="Seconds to let requests finish on Ctrl-C.")] = None,
     max_cost: Annotated[Optional[float], typer.Option(help="A new budget in USD for the whole run.")] = None,
+    fallback: Annotated[Optional[str], typer.Option(help="Batch API runs: `live` sends the rows a batch did not run (expired, cancelled) as live requests.")] = None,
 ) -> None:
-    """Continue a run from its saved state: ok rows are never sent again."""
+    """Continue a run from its saved state: ok rows are never sent again; a Batch API run's
+    batches are waited for and collected."""
     from runner.store.checkpoint import RunDir
 
     record = RunDir(output).record()
@@ -218,10 +227,33 @@ def resume(
     except TypeError as err:
         raise fail(f"{output}: the saved run cannot be read by this version: {err}") from None
     opts.retry_failed = retry_failed
-    for name, value in (("concurrency", concurrency), ("rpm", rpm), ("tpm", tpm), ("grace_period", grace_period), ("max_cost", max_cost)):
+    for name, value in (("concurrency", concurrency), ("rpm", rpm), ("tpm", tpm), ("grace_period", grace_period), ("max_cost", max_cost), ("fallback", fallback)):
         if value is not None:
             setattr(opts, name, value)
     raise typer.Exit(execute(opts))
+
+
+@app.command()
+def cancel(
+    output: Annotated[Path, typer.Argument(help="The output of a Batch API run.")],
+) -> None:
+    """Cancel the run's open provider batches; what they finished is kept and written to OUTPUT."""
+    from runner.engine.batchapi import BatchEngine
+    from runner.engine.pipeline import run_spec
+    from runner.store.checkpoint import RunDir
+
+    record = RunDir(output).record()
+    if record is None or "options" not in record:
+        raise fail(f"{output}: no saved run (no {RunDir(output).path.name}/run.json)")
+    try:
+        opts = RunSpec(output=output, **record["options"])
+        outcome = run_spec(opts, engine=BatchEngine(cancel=True))
+    except TypeError as err:
+        raise fail(f"{output}: the saved run cannot be read by this version: {err}") from None
+    except RunnerError as err:
+        raise fail(str(err)) from None
+    tell(outcome)
+    raise typer.Exit(exit_code(outcome, opts.max_failures))
 
 
 @app.command()
@@ -255,6 +287,10 @@ def mock_server(
     bad_marker: Annotated[str, typer.Option(help="Prompts containing this text get a permanent 400.")] = "[[bad]]",
     stream_as_json: Annotated[bool, typer.Option("--stream-as-json", help="Answer streaming requests with one JSON body, as some gateways do.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the fault draws.")] = 0,
+    batch_seconds: Annotated[float, typer.Option(help="Batch API: seconds a batch takes from created to ended (the real APIs: up to 24 hours).")] = 2.0,
+    batch_expire_first: Annotated[int, typer.Option(help="Batch API: the first N batches expire, with --batch-expire-fraction of their requests done.")] = 0,
+    batch_expire_fraction: Annotated[float, typer.Option(help="Batch API: the share of an expiring batch's requests that are done.")] = 0.5,
+    batch_delay_ms: Annotated[int, typer.Option(help="Batch API: a create or upload waits this long before and after its work; a download, before (crash tests).")] = 0,
 ) -> None:
     """Serve the OpenAI- and Anthropic-compatible mock API until Ctrl-C."""
     from runner._native import MockServer, NativeError
@@ -279,6 +315,10 @@ def mock_server(
         "bad_marker": bad_marker,
         "stream_as_json": stream_as_json,
         "seed": seed,
+        "batch_seconds": batch_seconds,
+        "batch_expire_first": batch_expire_first,
+        "batch_expire_fraction": batch_expire_fraction,
+        "batch_delay_ms": batch_delay_ms,
     }
     try:
         server = MockServer(json.dumps(config), host, port)
@@ -322,6 +362,7 @@ def report(
     markdown_file: Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown summary here.")] = None,
     junit_file: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (a test case per row and model).")] = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the per-model stats as JSON here.")] = None,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here (cards, charts, rows; opens offline).")] = None,
     min_pass_rate: Annotated[
         Optional[float], typer.Option(min=0.0, max=1.0, help="Exit 1 when a model's pass rate is lower (default: the job's).")
     ] = None,
@@ -338,8 +379,10 @@ def report(
             markdown_path=markdown_file,
             junit_path=junit_file,
             json_path=json_file,
+            html_path=html_file,
             min_pass_rate=min_pass_rate,
             title=f"prompt-runner report: {output.name}",
+            source=str(output),
         )
     except RunnerError as err:
         raise fail(str(err)) from None
@@ -350,6 +393,30 @@ def report(
     if threshold is not None and "passed" in table.column_names and not missed:
         typer.echo(f"every model reaches the minimum pass rate {threshold:.2f}", err=True)
     if missed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="The earlier output (e.g. last night's).")],
+    new: Annotated[Path, typer.Argument(help="The output to check against it.")],
+    markdown_file: Annotated[Optional[Path], typer.Option("--markdown", help="Write the comparison as Markdown here (a CI step summary).")] = None,
+    html_file: Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML page here.")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write every listed row as JSON here.")] = None,
+    max_regressions: Annotated[int, typer.Option(min=0, help="Exit 1 when more rows than this regressed (passed before, not now).")] = 0,
+) -> None:
+    """Rows matched by id and model: pass-rate, cost and latency deltas per model; regressions, fixes, new errors, changed outputs."""
+    from runner.evals import compare as cmp
+
+    try:
+        result = cmp.compare_files(baseline, new)
+        cmp.write_reports(result, markdown_path=markdown_file, html_path=html_file, json_path=json_file)
+    except RunnerError as err:
+        raise fail(str(err)) from None
+    cmp.print_comparison(result)
+    regressions = len(result.regressions)
+    if regressions > max_regressions:
+        typer.echo(f"{regressions:,} regressions, more than --max-regressions {max_regressions}", err=True)
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -47,14 +47,16 @@ def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = No
         markdown_path=job.report.markdown,
         junit_path=job.report.junit,
         json_path=job.report.json,
+        html_path=job.report.html,
         min_pass_rate=job.score.min_pass_rate if job.score else None,
         title=f"prompt-runner: {job.name}",
+        source=str(path),
     )
     for message in missed:
         print(f"below the minimum pass rate: {message}", file=err)
     if job.score is not None and job.score.min_pass_rate is not None and not missed:
         print(f"every model reaches the minimum pass rate {job.score.min_pass_rate:.2f}", file=err)
-    for name in ("markdown", "junit", "json"):
+    for name in ("markdown", "junit", "json", "html"):
         target = getattr(job.report, name)
         if target:
             print(f"wrote {name} report to {target}", file=err)

@@ -98,6 +98,8 @@ class ModelSpec:
     concurrency: int | None = None
     #: Body fields for this model's requests, over the run's.
     params: dict[str, Any] = field(default_factory=dict)
+    #: "live" or "batch" (the provider's Batch API); else `[limits] mode`.
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class Limits:
     timeout: float = default("timeout")
     max_cost: float | None = None
     max_failures: int | None = None
+    #: "live" (the default) or "batch": every model through its provider's Batch API.
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class ReportSpec:
     markdown: str | None = None
     junit: str | None = None
     json: str | None = None
+    #: The self-contained HTML report (runner.evals.html_report).
+    html: str | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,13 @@ def provider(value: Any) -> str:
     return str(value)
 
 
+def mode(value: Any) -> str:
+    """How a model's requests are sent: live, or through the provider's Batch API."""
+    if value not in ("live", "batch"):
+        raise Bad(f"expected 'live' or 'batch', got {_shown(value)}")
+    return str(value)
+
+
 def text_table(value: Any) -> dict[str, str]:
     """A table of strings (headers)."""
     values = table(value)
@@ -323,6 +336,7 @@ MODEL: dict[str, tuple[Check, bool]] = {
     "tpm": (positive_int, False),
     "concurrency": (positive_int, False),
     "params": (table, False),
+    "mode": (mode, False),
 }
 LIMITS: dict[str, tuple[Check, bool]] = {
     "concurrency": (positive_int, False),
@@ -332,6 +346,7 @@ LIMITS: dict[str, tuple[Check, bool]] = {
     "timeout": (positive_number, False),
     "max_cost": (positive_number, False),
     "max_failures": (count, False),
+    "mode": (mode, False),
 }
 SCORE: dict[str, tuple[Check, bool]] = {
     "method": (nonempty, True),
@@ -346,6 +361,7 @@ REPORT: dict[str, tuple[Check, bool]] = {
     "markdown": (nonempty, False),
     "junit": (nonempty, False),
     "json": (nonempty, False),
+    "html": (nonempty, False),
 }
 PRICE: dict[str, tuple[Check, bool]] = {
     "input": (nonnegative_number, True),

@@ -277,8 +277,10 @@ def write_reports(
     markdown_path: str | Path | None = None,
     junit_path: str | Path | None = None,
     json_path: str | Path | None = None,
+    html_path: str | Path | None = None,
     min_pass_rate: float | None = None,
     title: str = "prompt-runner report",
+    source: str = "",
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Everything the run loop needs after a scored run: writes the requested reports and
     returns (stats, threshold messages). ``min_pass_rate`` defaults to the scored one."""
@@ -294,4 +296,8 @@ def write_reports(
         write_junit(table, junit_path)
     if json_path:
         write_json(stats, json_path, min_pass_rate=min_pass_rate, thresholds_missed=missed)
+    if html_path:
+        from runner.evals.html_report import write_html
+
+        write_html(table, html_path, title=title, source=source)
     return stats, missed

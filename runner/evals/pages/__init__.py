@@ -1,0 +1,1 @@
+"""Templates, script and style of the HTML pages (runner.evals.page)."""
