@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from e2e import cli, write_jsonl
 
+from runner.evals.page import usd
 from runner.evals.report import model_stats
 
 SCRIPT = "<script>alert(1)</script>"
@@ -139,7 +140,7 @@ def test_the_model_cards_show_the_outputs_figures(browser: Any, pages: Pages) ->
         figure = lambda name: card.locator(f'[data-figure="{name}"]').inner_text()  # noqa: B023, E731
         assert card.locator("h3").inner_text() == s["model"]
         assert (figure("rows"), figure("ok"), figure("failed")) == (str(s["rows"]), str(s["ok"]), str(s["failed"]))
-        assert figure("pass-rate") == f"{s['pass_rate']:.1%}" and figure("cost") == f"${s['cost_usd']:,.4f}"
+        assert figure("pass-rate") == f"{s['pass_rate']:.1%}" and figure("cost") == usd(s["cost_usd"])
         assert figure("p95") == f"{s['latency_p95_ms']:,.0f} ms" and card.is_visible()
     seen.clean(pages.report.as_uri())
 

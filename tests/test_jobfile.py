@@ -143,7 +143,7 @@ def test_missing_keys_and_wrong_shapes(tmp_path: Path) -> None:
         [score]
         expected_column = 3
         [report]
-        html = "x.html"
+        pdf = "x.pdf"
         """,
     )
     assert "inptu: unknown key (did you mean 'input'?)" in found
@@ -153,7 +153,7 @@ def test_missing_keys_and_wrong_shapes(tmp_path: Path) -> None:
     assert "limits.max_retries: expected an integer of 0 or more, got 1.5" in found
     assert "score.expected_column: expected a non-empty string, got 3" in found
     assert "score.method: required key is missing" in found
-    assert "report.html: unknown key (expected one of: markdown, junit, json)" in found
+    assert "report.pdf: unknown key (expected one of: markdown, junit, json, html)" in found
 
 
 def test_one_mistake_is_one_line(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.evals.page import render_page, write_page
+from runner.evals.page import render_page, usd, write_page
 from runner.evals.report import _write_text, load_output, model_stats
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _signed(v: float | None, fmt: str, scale: float = 1.0) -> str:
 
 
 def _usd(v: float | None) -> str:
-    return "–" if v is None else f"${v:,.4f}"
+    return usd(v)
 
 
 def _ms(v: float | None) -> str:
@@ -222,7 +222,7 @@ def markdown(c: Comparison, limit: int = MARKDOWN_ROWS) -> str:
                 f"{_pct(m['pass_rate_baseline'])} → {_pct(m['pass_rate_new'])}",
                 _signed(m["pass_rate_delta"], ".1f", 100) + (" pp" if m["pass_rate_delta"] is not None else ""),
                 f"{_usd(m['cost_usd_baseline'])} → {_usd(m['cost_usd_new'])}",
-                _signed(m["cost_usd_delta"], ",.4f"),
+                _signed(m["cost_usd_delta"], ",.6f"),
                 f"{_ms(m['latency_p50_ms_baseline'])} → {_ms(m['latency_p50_ms_new'])}",
                 _signed(m["latency_p50_ms_delta"], ",.0f"),
                 f"{_ms(m['latency_p95_ms_baseline'])} → {_ms(m['latency_p95_ms_new'])}",
@@ -309,7 +309,7 @@ def print_comparison(c: Comparison) -> None:
             f"{_pct(m['pass_rate_baseline'])} → {_pct(m['pass_rate_new'])}",
             _signed(m["pass_rate_delta"], ".1f", 100) + (" pp" if m["pass_rate_delta"] is not None else ""),
             f"{_usd(m['cost_usd_baseline'])} → {_usd(m['cost_usd_new'])}",
-            _signed(m["cost_usd_delta"], ",.4f"),
+            _signed(m["cost_usd_delta"], ",.6f"),
             f"{_ms(m['latency_p50_ms_baseline'])} → {_ms(m['latency_p50_ms_new'])}",
             f"{_ms(m['latency_p95_ms_baseline'])} → {_ms(m['latency_p95_ms_new'])}",
         )

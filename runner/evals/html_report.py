@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.evals.charts import PALETTE, bars, histograms
-from runner.evals.page import pack_json, render_page, write_page
+from runner.evals.page import pack_json, render_page, usd, write_page
 from runner.evals.report import model_stats, score_record
 from runner.schema import RESERVED, input_column_name
 
@@ -147,7 +147,7 @@ def render_html(table: pa.Table, *, title: str, source: str) -> str:
     else:
         rate = bars([(n, s["ok"] / s["rows"] if s["rows"] else None, f"{s['ok'] / s['rows']:.1%}" if s["rows"] else "–")
                      for n, s in zip(names, stats)], "Share of ok rows per model")
-    cost = bars([(n, s["cost_usd"], "no price" if s["cost_usd"] is None else f"${s['cost_usd']:,.4f}") for n, s in zip(names, stats)],
+    cost = bars([(n, s["cost_usd"], "no price" if s["cost_usd"] is None else usd(s["cost_usd"])) for n, s in zip(names, stats)],
                 "Cost per model")
     latency = _latencies(table, data["models"])
     return render_page(

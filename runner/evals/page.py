@@ -16,7 +16,14 @@ from typing import Any
 
 from runner.errors import InputError
 
-__all__ = ["csp", "pack_json", "render_page", "write_page"]
+__all__ = ["csp", "pack_json", "render_page", "usd", "write_page"]
+
+
+def usd(value: float | None) -> str:
+    """Dollars: four decimals, six below a cent (a cheap model's run costs fractions of one)."""
+    if value is None:
+        return "–"
+    return f"${value:,.4f}" if value == 0 or abs(value) >= 0.01 else f"${value:,.6f}"
 
 
 def _asset(name: str) -> str:
@@ -56,7 +63,7 @@ def _env() -> Any:
     )
     env.filters["int"] = lambda v: "–" if v is None else f"{v:,}"
     env.filters["ms"] = lambda v: "–" if v is None else f"{v:,.0f} ms"
-    env.filters["usd"] = lambda v: "–" if v is None else f"${v:,.4f}"
+    env.filters["usd"] = usd
     env.filters["pct"] = lambda v: "–" if v is None else f"{v:.1%}"
     return env
 
