@@ -84,6 +84,10 @@ def run(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="With --batch-api: return once the batches are submitted; `resume` collects them.")] = False,
     batch_size: Annotated[Optional[int], typer.Option(help="With --batch-api: requests per batch at most (default: the provider's limit, 50,000 OpenAI, 100,000 Anthropic).")] = None,
     fallback: Annotated[Optional[str], typer.Option(help="With --batch-api: `live` sends the rows a batch did not run (expired, cancelled) as live requests.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Run shard I of N (I/N, I from 0): the rows whose id hashes to I modulo N; join the shards' outputs with `prompt-runner merge`.")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run --shards N shards as Ray tasks (pip install 'prompt-runner[ray]'), under one rate limit, then merge them into OUTPUT.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(help="With --ray: the cluster to join (else RAY_ADDRESS, else a local one).")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="With --ray: how many shards to split the rows into.")] = None,
 ) -> None:
     """Run every row of INPUT against a model (or a job file's models) and write one result row per input row and model."""
     flags: dict[str, Any] = {
@@ -98,7 +102,8 @@ def run(
     extra: dict[str, Any] = {"limit": limit, "dry_run": dry_run, "restart": restart, "retry_failed": retry_failed,
              "grace_period": grace_period, "mock_config": mock_config, "metrics_port": metrics_port,
              "fail_fast": fail_fast, "keep_raw": keep_raw, "api_version": api_version,
-             "batch_api": batch_api, "wait": not no_wait, "batch_size": batch_size, "fallback": fallback}
+             "batch_api": batch_api, "wait": not no_wait, "batch_size": batch_size, "fallback": fallback,
+             "shard": shard}
     try:
         from runner.engine import observability
         from runner.engine.request import key_values
@@ -112,6 +117,14 @@ def run(
             opts, loaded = flag_options(flags, extra), None
     except RunnerError as err:
         raise fail(str(err)) from None
+    if ray or ray_address is not None or shards is not None:
+        from runner.ray.driver import cluster_runner
+
+        try:
+            runner_ = cluster_runner(opts, ray=ray, address=ray_address, shards=shards)
+        except RunnerError as err:
+            raise fail(str(err)) from None
+        raise typer.Exit(execute(opts, loaded, runner_))
     raise typer.Exit(execute(opts, loaded))
 
 
@@ -142,12 +155,13 @@ def flag_options(flags: dict[str, object], extra: dict[str, object]) -> RunSpec:
     return RunSpec(**given, **extra)  # type: ignore[arg-type]
 
 
-def execute(opts: RunSpec, job: object = None) -> int:
-    """Runs a batch, then scores and reports it for a job; user mistakes become one line and exit 2."""
+def execute(opts: RunSpec, job: object = None, runner: Any = None) -> int:
+    """Runs a batch (with `runner`, else `run_spec`: e.g. the shards on a Ray cluster), then
+    scores and reports it for a job; user mistakes become one line and exit 2."""
     from runner.engine.pipeline import run_spec
 
     try:
-        outcome = run_spec(opts)
+        outcome = (runner or run_spec)(opts)
         tell(outcome)
         if job is None and opts.job and outcome.stop is not Stop.DRY_RUN:
             from runner.evals.jobfile import load_job
@@ -254,6 +268,24 @@ def cancel(
         raise fail(str(err)) from None
     tell(outcome)
     raise typer.Exit(exit_code(outcome, opts.max_failures))
+
+
+@app.command()
+def merge(
+    outputs: Annotated[list[Path], typer.Argument(help="The shard outputs (of `run --shard I/N`), all N of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The merged output Parquet file.")],
+    input: Annotated[Optional[str], typer.Option("--input", help="The shards' input, when it is no longer where their run record says.")] = None,
+) -> None:
+    """Join shard outputs into one, in input order, checking that every input row is there exactly once per model (exit 1 naming the missing or duplicated ids)."""
+    from runner.merge import MergeError, merge_outputs
+
+    try:
+        merged = merge_outputs(outputs, output, input)
+    except MergeError as err:
+        raise fail(str(err), EXIT_FAILED) from None
+    except RunnerError as err:
+        raise fail(str(err)) from None
+    typer.echo(f"merged {len(outputs)} outputs (shards {', '.join(merged.shards)}): wrote {merged.rows} rows to {merged.output}", err=True)
 
 
 @app.command()

@@ -17,6 +17,8 @@ from runner.inputs.dataset import iter_chunks
 from runner.engine.endpoint import Endpoint
 from runner.engine.request import resolve_headers
 from runner.engine.spec import Lane, RunSpec
+from runner.engine.shard import parse_shard, shard_rows
+from runner.engine import permits
 from runner.engine.pricing import row_costs
 from runner.inputs.render import RequestSpec, Renderer, plan
 from runner.schema import RESULT_FIELDS, input_column_name, result_table
@@ -126,6 +128,8 @@ class LaneRun:
             "api_version": self.ep.api_version,
         }
         config.update({k: v for k, v in extra.items() if v})
+        if (source := permits.current()) is not None:  # a shard of a cluster run: its limits are shared
+            config.update(source.config(lane))
         return json.dumps(config)
 
     def renderer(self, path: Path, table: pa.Table) -> Renderer:
@@ -149,6 +153,8 @@ class LaneRun:
             self.recovered_left = mine.num_rows
         resumed = bool(self._recovered_at) or any(self.owns(row) for row in skip)
         self.executor = Executor(self.native_config(resumed, log))
+        if (source := permits.current()) is not None:
+            source.attach(self.lane, self.executor)
         self._feeder = threading.Thread(target=self._feed, args=(skip,), daemon=True, name=f"feed-{self.lane.model}")
         self._feeder.start()
 
@@ -161,13 +167,15 @@ class LaneRun:
         from runner._native import RunStopped
 
         position = 0
+        shard = parse_shard(self.opts.shard)
         try:
-            for chunk in iter_chunks(self.paths, schemas=self.schemas):
+            # The lane's rows: the first `total` (a shard's: those of the input's first --limit
+            # rows whose id hashes to it, numbered 0.. in the shard; runner.engine.shard).
+            for table, ids, chunk in shard_rows(self.paths, self.schemas, self.renderer, self.opts.limit if shard else self.total, shard):
                 if position >= self.total:
                     break
-                table = chunk.table.slice(0, self.total - position)
+                table, ids = table.slice(0, self.total - position), ids.slice(0, self.total - position)
                 renderer = self.renderer(chunk.path, table)
-                ids = pa.array(renderer.ids(table, position, chunk), pa.string())
                 payloads = renderer.render_array(table, chunk)
                 start = self.offset + position
                 rows = pa.array(range(start, start + table.num_rows), pa.int64())
@@ -256,16 +264,32 @@ class LaneRun:
         return self._output_rows(inputs, pa.array([], pa.string()), results, cached=False)
 
     def _output_rows(self, inputs: pa.Table, ids: pa.Array, res: pa.Table, cached: bool) -> pa.Table:
-        n = res.num_rows
-        columns: dict[str, Any] = {"_row": res.column("_row"), "id": ids}
-        for name in inputs.column_names:
-            columns[input_column_name(name)] = inputs.column(name)
-        columns["model"] = pa.array([self.lane.model] * n, pa.string())
-        columns["provider"] = pa.array([self.lane.provider] * n, pa.string())
-        for f in RESULT_FIELDS:
-            columns[f.name] = res.column(f.name)
-        columns["cost_usd"] = row_costs(self.lane.model, res, self.opts.prices)
-        columns["request_hash"] = res.column("request_hash")
-        columns["run_id"] = pa.array([self.run_id] * n, pa.string())
-        columns["cache_hit"] = pa.array([cached] * n, pa.bool_())
-        return pa.table(columns)
+        return output_rows(self.lane, self.opts.prices, self.run_id, inputs, ids, res, cached)
+
+
+def output_rows(
+    lane: Lane,
+    prices: dict[str, list[float]],
+    run_id: str,
+    inputs: pa.Table,
+    ids: pa.Array,
+    res: pa.Table,
+    cached: bool,
+    price_factor: float = 1.0,
+) -> pa.Table:
+    """Output rows: results (`RESULT_SCHEMA`) joined to their input rows and ids, with the
+    model, cost (times `price_factor`: a Batch API's discount) and the run's columns."""
+    n = res.num_rows
+    columns: dict[str, Any] = {"_row": res.column("_row"), "id": ids}
+    for name in inputs.column_names:
+        columns[input_column_name(name)] = inputs.column(name)
+    columns["model"] = pa.array([lane.model] * n, pa.string())
+    columns["provider"] = pa.array([lane.provider] * n, pa.string())
+    for f in RESULT_FIELDS:
+        columns[f.name] = res.column(f.name)
+    cost = row_costs(lane.model, res, prices)
+    columns["cost_usd"] = cost if price_factor == 1.0 else pc.multiply(cost, price_factor)
+    columns["request_hash"] = res.column("request_hash")
+    columns["run_id"] = pa.array([run_id] * n, pa.string())
+    columns["cache_hit"] = pa.array([cached] * n, pa.bool_())
+    return pa.table(columns)

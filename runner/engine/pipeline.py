@@ -23,7 +23,7 @@ from runner import __version__
 from runner.engine import endpoint
 from runner.engine.base import Engine, Prepared
 from runner.engine.outcome import Reporter, RunOutcome, Stop
-from runner.engine.pricing import price_of, with_cost
+from runner.engine.pricing import BATCH_DISCOUNT, price_of, with_cost
 from runner.engine.spec import Lane, RunSpec
 from runner.errors import InputError
 from runner.inputs.dataset import iter_chunks, resolve_inputs, scan
@@ -36,8 +36,6 @@ __all__ = ["resume_command", "run_spec"]
 def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | None = None) -> RunOutcome:
     """Runs `spec` with `engine` (the live one by default); user mistakes raise `RunnerError`
     before anything is sent."""
-    from runner.engine.live import LiveEngine
-
     spec.check()
     reporter = reporter or Reporter()
     paths = resolve_inputs(spec.input)
@@ -48,6 +46,10 @@ def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | N
     lanes = spec.lanes()
     spec.check_lanes(lanes)
     total = found.rows if spec.limit is None else min(found.rows, spec.limit)
+    if spec.shard is not None:  # the shard's share of those rows (runner.engine.shard)
+        from runner.engine.shard import parse_shard, shard_total
+
+        total = shard_total(paths, request, found.schemas, spec.limit, parse_shard(spec.shard))
     if digests is None:
         return dry_run(spec, paths, request, lanes, total, reporter)
     run_dir = RunDir(spec.output)
@@ -76,13 +78,24 @@ def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | N
         try:
             run_dir.write_record(_record(spec, request, lanes, run_id, total, inputs, saved))
             run = Prepared(spec, paths, request, lanes, endpoints, run_dir, run_id, total, found.schemas)
-            outcome = _settle(run, reporter) or (engine or LiveEngine()).execute(run, reporter)
+            outcome = _settle(run, reporter) or (engine or _engine(run)).execute(run, reporter)
             return _kept(run_dir, outcome)
         finally:
             run_dir.release()
     finally:
         for ep in endpoints:
             ep.close()
+
+
+def _engine(run: Prepared) -> Engine:
+    """The Batch API engine when a model goes through it (it runs the live ones too), else live."""
+    if any(lane.batch for lane in run.lanes):
+        from runner.engine.batchapi import BatchEngine
+
+        return BatchEngine(wait=run.spec.wait)
+    from runner.engine.live import LiveEngine
+
+    return LiveEngine()
 
 
 def _batch_model(spec: RunSpec, models: set[str]) -> RunSpec:
@@ -141,6 +154,7 @@ def request_fingerprint(spec: RunSpec, request: RequestSpec, lanes: list[Lane]) 
         # Added only when used, so that runs saved before they existed still match.
         **({"params": [lane.params for lane in lanes]} if any(lane.params for lane in lanes) else {}),
         **({"headers": dict(spec.headers)} if spec.headers else {}),
+        **({"shard": spec.shard} if spec.shard else {}),
     }
 
 
@@ -207,16 +221,20 @@ def dry_run(
     reporter.say(f"{rows} rows × {len(lanes)} model(s); nothing was sent.")
     for lane in lanes:
         price = price_of(lane.model, spec.prices)
+        factor = BATCH_DISCOUNT if lane.batch else 1.0
         cost = (
             "unknown (no price for this model)"
             if price is None
-            else f"${(prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6:.4f}"
+            else f"${(prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6 * factor:.4f}"
+            + (" at the Batch API's price (50 %)" if lane.batch else "")
             + ("" if spec.max_tokens else " + output (no --max-tokens to bound it)")
         )
         reporter.say(
             f"{lane.provider}/{lane.model}: ~{prompt_tokens:,} prompt tokens, "
             f"≤{completion_tokens:,} completion tokens, estimated cost {cost}"
         )
+        if lane.batch:
+            reporter.say(f"{lane.provider}/{lane.model}: {_batch_split(lane, spec, rows, chars + system_chars)}")
     if first is not None:
         payload = json.loads(first)
         row = payload if isinstance(payload, dict) else {"messages": payload}
@@ -235,6 +253,18 @@ def dry_run(
         if renderers and next(iter(renderers.values())).source == "batch":
             reporter.say("Batch API lines run as written: every field of their body is sent; flags fill in only what a line lacks")
     return RunOutcome(spec.output, Stop.DRY_RUN, rows=rows * len(lanes))
+
+
+def _batch_split(lane: Lane, spec: RunSpec, rows: int, chars: int) -> str:
+    """How `--dry-run` says a lane's rows would be cut into provider batches."""
+    from runner.engine.batchapi.plan import count_batches, limits
+
+    wire = "anthropic" if lane.provider == "anthropic" else "openai"
+    max_requests, max_bytes = limits(wire, spec.batch_size)
+    size = chars + rows * 300  # each line's own fields, about
+    n = count_batches(rows, size, max_requests, max_bytes)
+    per = -(-rows // n) if n else 0
+    return f"{n} batch{'es' if n != 1 else ''} of up to {per:,} requests (the limit: {max_requests:,} requests, {max_bytes // 2**20} MB)"
 
 
 def resume_command(output: Path) -> str:

@@ -26,6 +26,8 @@ class Lane:
     tpm: int | None
     #: Body fields of every request of this model: the run's, then the model's own.
     params: dict[str, Any] = field(default_factory=dict)
+    #: Sent through the provider's Batch API (`--batch-api`, `mode = "batch"`) rather than live.
+    batch: bool = False
 
 
 @dataclass
@@ -83,10 +85,20 @@ class RunSpec:
     keep_raw: bool = False
     #: Azure OpenAI's `api-version` (else the OPENAI_API_VERSION variable).
     api_version: str | None = None
+    #: Every model through its provider's Batch API (a job's models may say `mode` each).
+    batch_api: bool = False
+    #: Wait for the batches and collect them (`--no-wait`: return once they are submitted).
+    wait: bool = True
+    #: Requests per batch at most (else the provider's limit).
+    batch_size: int | None = None
+    #: "live": rows a batch could not run (expired, cancelled) are then sent live.
+    fallback: str | None = None
+    #: "I/N": only the rows whose id hashes to I modulo N (`--shard`; runner.engine.shard).
+    shard: str | None = None
 
     def saved(self) -> dict[str, Any]:
         """The options as kept in run.json, enough for `resume` to run them again."""
-        return {k: v for k, v in asdict(self).items() if k not in ("output", "dry_run", "restart")}
+        return {k: v for k, v in asdict(self).items() if k not in ("output", "dry_run", "restart", "wait")}
 
     def lanes(self) -> list[Lane]:
         specs = self.models or [
@@ -103,6 +115,7 @@ class RunSpec:
                 rpm=spec["rpm"] if spec.get("rpm") is not None else self.rpm,
                 tpm=spec["tpm"] if spec.get("tpm") is not None else self.tpm,
                 params={**self.file_params(spec["provider"]), **self.params, **(spec.get("params") or {})},
+                batch=(spec.get("mode") or ("batch" if self.batch_api else "live")) == "batch",
             )
             for i, spec in enumerate(specs)
         ]
@@ -147,6 +160,41 @@ class RunSpec:
             if spec["provider"] not in PROVIDERS:
                 raise InputError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {spec['provider']!r}")
             check_params(spec.get("params") or {}, f"model {spec.get('model')}: params")
+        self._check_batch()
+        if self.shard is not None:
+            from runner.engine.shard import parse_shard
+
+            parse_shard(self.shard)
+            if self.batch_api or any(s.get("mode") == "batch" for s in self.models or []):
+                raise InputError("--shard: a Batch API run is not rate-limited; run it whole, without --shard")
+
+    def _check_batch(self) -> None:
+        """What a Batch API run cannot honour is refused, not ignored."""
+        specs = self.models or [{"provider": self.provider, "model": self.model}]
+        batched = [s for s in specs if (s.get("mode") or ("batch" if self.batch_api else "live")) == "batch"]
+        if self.batch_size is not None and not 1 <= self.batch_size <= 100_000:
+            raise InputError(f"--batch-size: must be 1 to 100000 (the providers' limits), got {self.batch_size}")
+        if self.fallback not in (None, "live"):
+            raise InputError(f"--fallback: the only fallback is live, got {self.fallback!r}")
+        if not batched:
+            for flag, value in (("--no-wait", not self.wait), ("--batch-size", self.batch_size), ("--fallback", self.fallback)):
+                if value:
+                    raise InputError(f"{flag} applies to Batch API runs: add --batch-api")
+            return
+        if self.stream:
+            raise InputError("--stream: the Batch API answers whole responses; leave --stream out with --batch-api")
+        if self.metrics_port is not None:
+            raise InputError("--metrics-port: a Batch API run sends no live requests to measure; leave it out")
+        for spec in batched:
+            if spec["provider"] == "azure":
+                raise InputError("--batch-api: Azure OpenAI's batch deployments are not supported; use the live engine")
+            if spec["provider"] == "mock" and not self.wait:
+                raise InputError("--no-wait: the built-in mock's batches end with this process; "
+                                 "run `prompt-runner mock-server` and point --provider openai --api-base at it")
+            if spec.get("rpm") is not None or spec.get("tpm") is not None:
+                raise InputError(f"model {spec.get('model')}: rpm/tpm: the Batch API is outside the per-minute limits; leave them out")
+        if len(batched) == len(specs) and (self.rpm is not None or self.tpm is not None):
+            raise InputError("--rpm/--tpm: the Batch API is outside the per-minute limits; leave them out with --batch-api")
 
     def check_lanes(self, lanes: list[Lane]) -> None:
         """Checks made once the input is known (a Batch API file names its model): every model is
@@ -207,6 +255,8 @@ def from_job(job: Any, **extra: Any) -> RunSpec:
                 "rpm": m.rpm,
                 "tpm": m.tpm,
                 "params": dict(m.params),
+                # `--batch-api` on the command line wins over the file's [limits] mode.
+                "mode": m.mode or ("batch" if extra.get("batch_api") else limits.mode),
             }
             for m in job.models
         ],

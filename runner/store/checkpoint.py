@@ -125,6 +125,9 @@ class RunDir:
         #: Small parts this process wrote (only its own: their rows appear in no later part).
         self._small: list[Path] = []
         self._stream: OutputStream | None = None
+        #: Called before each part and the output are written; raises OutputError when this
+        #: process may no longer write here (runner.store.owner: another attempt of a shard).
+        self.guard: Callable[[], None] | None = None
 
     # -- the run's record ------------------------------------------------------------------
 
@@ -307,6 +310,8 @@ class RunDir:
     def _write_part(self, table: pa.Table) -> None:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"
         table = table.combine_chunks()
+        if self.guard is not None:
+            self.guard()
         try:
             write_atomic(table, dest, **PART_OPTIONS)
         except OSError as err:
@@ -335,6 +340,8 @@ class RunDir:
         rows. `empty` gives the output's schema when no row has a result (a run stopped at its
         first rows), so that even then the output has its columns.
         """
+        if self.guard is not None:
+            self.guard()
         if self._stream is not None:
             stream, self._stream = self._stream, None
             summaries = stream.finish(metadata)
