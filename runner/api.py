@@ -65,6 +65,8 @@ def run(
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"run() got unknown options: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if options.get("wait") is False:
+        raise TypeError("run() waits for its results: submit without waiting with `prompt-runner run --batch-api --no-wait`")
     scratch = Path(tempfile.mkdtemp(prefix="prompt-runner-"))
     try:
         source = _input_path(data, scratch)

@@ -41,6 +41,8 @@ class Prepared:
     spent: float = 0.0
     #: Logged results to hand out again (they reach a part with their input columns).
     recovered: pa.Table | None = None
+    #: Whether the engine may write the output as it goes (not when another engine shares the run).
+    streamable: bool = True
 
     @property
     def rows(self) -> int:

@@ -36,7 +36,7 @@ class LiveEngine:
         o, run_dir, say = run.spec, run.run_dir, reporter.say
         spent, grand_total = run.spent, run.rows
         to_send = grand_total - sum(1 for r in run.settled if r < grand_total)
-        if len(run.lanes) == 1:  # a matrix's rows finish lane by lane out of order: it compacts
+        if len(run.lanes) == 1 and run.streamable:  # a matrix's rows finish lane by lane out of order: it compacts
             run_dir.stream_output(grand_total)
         cache = _open_cache(o.cache)
         lanes = [

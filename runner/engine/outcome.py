@@ -29,6 +29,8 @@ class Stop(str, enum.Enum):
     THRESHOLD = "threshold"
     #: `--dry-run`: nothing was sent.
     DRY_RUN = "dry_run"
+    #: `--batch-api --no-wait`: the rows are in provider batches; `resume` collects them.
+    SUBMITTED = "submitted"
 
 
 @dataclass

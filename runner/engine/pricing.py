@@ -41,6 +41,9 @@ PRICES: dict[str, tuple[float, ...]] = {
     "claude-3-haiku-20240307": (0.25, 1.25, 0.03, 0.30),
 }
 
+#: What the providers' Batch APIs charge, as a share of the live price (OpenAI and Anthropic: 50 %).
+BATCH_DISCOUNT = 0.5
+
 
 def rates_of(model: str, overrides: Mapping[str, Sequence[float]] | None = None) -> tuple[float, float, float, float] | None:
     """The model's (input, output, cached input, cache write) price, from `overrides` (a job's

@@ -36,8 +36,13 @@ def run_status(output: Path) -> dict[str, Any]:
     stats = row_stats(frame.to_arrow(), by_model=False)[0] if "status" in frame.columns else None
     ok, failed = (stats["ok"], stats["failed"]) if stats else (0, 0)
     holder = run_dir.holder()
+    batches = _batches(run_dir, record, fresh=holder is None)
+    open_batches = [b for b in batches if b["state"] in ("intent", "submitted")]
     if holder is not None:
         state = f"running (pid {holder})"
+    elif open_batches:
+        state = (f"{len(open_batches)} batches open at the provider: `prompt-runner resume {output}` waits for them and "
+                 f"collects them, `prompt-runner cancel {output}` cancels them")
     elif frame.height >= total and output.is_file() and _output_is_current(run_dir):
         state = "complete" if failed == 0 else "complete with failed rows"
     elif (ended := (record or {}).get("outcome") or {}).get("stop") in _STOPS:
@@ -60,7 +65,52 @@ def run_status(output: Path) -> dict[str, Any]:
         "elapsed_s": _elapsed(frame),
     }
     status["metrics"] = _metrics(output) if holder is None else {}
+    if batches:
+        status["batches"] = batches
     return status
+
+
+def _batches(run_dir: RunDir, record: dict[str, Any] | None, fresh: bool) -> list[dict[str, Any]]:
+    """The run's provider batches (Batch API runs): as recorded, and, when `fresh` and the key
+    is at hand, the open ones as the provider sees them now."""
+    from runner.store.ledger import SUBMITTED, Ledger
+
+    records = Ledger(run_dir.path).records()
+    if fresh and record is not None and any(r.state == SUBMITTED for r in records):
+        _refresh(records, record)
+    return [
+        {"key": r.key, "batch_id": r.batch_id, "state": r.state, "status": r.status, "rows": len(r.rows),
+         "done": r.done, "ok": r.ok, "failed": r.failed, "checked_at": r.checked_at}
+        for r in records
+    ]
+
+
+def _refresh(records: list[Any], record: dict[str, Any]) -> None:
+    """Asks the provider about the open batches (best effort: without the key, or on any error,
+    the recorded state stands)."""
+    import time
+
+    from runner.engine import endpoint
+    from runner.engine.batchapi.engine import provider_for
+    from runner.engine.request import resolve_headers
+    from runner.engine.spec import RunSpec
+    from runner.errors import RunnerError
+
+    try:
+        spec = RunSpec(output=Path("-"), **record.get("options", {}))
+        lanes = spec.lanes()
+        clients: dict[int, Any] = {}
+        for r in records:
+            lane = lanes[r.lane]
+            if r.state != "submitted" or lane.provider == "mock":
+                continue
+            if r.lane not in clients:
+                ep = endpoint.resolve(lane.provider, lane.api_base, lane.api_key_env)
+                clients[r.lane] = provider_for(ep, resolve_headers(spec.headers))
+            batch = clients[r.lane].get(r.batch_id)
+            r.status, r.done, r.ok, r.failed, r.checked_at = batch.status, batch.done, batch.ok, batch.failed, time.time()
+    except (RunnerError, TypeError, KeyError, IndexError):
+        return
 
 
 #: How a run that ended early says why (run.json's `outcome`, see runner.engine.outcome.Stop).
@@ -116,6 +166,10 @@ def format_status(s: dict[str, Any]) -> str:
 
     for model, metrics in s.get("metrics", {}).items():
         lines += [f"{model}: {line}" for line in format_metrics(metrics)]
+    for b in s.get("batches", []):
+        where = b["batch_id"] or "not created"
+        counts = f", {b['done']}/{b['rows']} done" + (f", {b['failed']} failed" if b["failed"] else "") if b["status"] else ""
+        lines.append(f"batch {b['key']} ({where}): {b['state']}, {b['status'] or '-'}{counts}")
     return "\n".join(lines)
 
 

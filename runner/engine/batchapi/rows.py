@@ -1,0 +1,75 @@
+"""One model's rows read again from the input for the Batch API: the request bodies of the rows
+to submit, and the input columns that a batch's results are joined to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from runner.engine.lane import LaneRun
+from runner.inputs.dataset import iter_chunks
+from runner.inputs.render import Renderer, plan
+
+
+@dataclass
+class Slice:
+    """Some rows of one input chunk: their input columns, ids, `_row` numbers and payloads."""
+
+    inputs: pa.Table
+    ids: pa.Array
+    rows: list[int]
+    payloads: list[str]
+
+
+class LaneInput:
+    """The input as one lane (model) of the run sees it."""
+
+    def __init__(self, lane: LaneRun) -> None:
+        self.lane = lane
+        self._renderers: dict[Path, Renderer] = {}
+        config = json.loads(lane.native_config())
+        config["stream"] = False
+        #: The executor's settings, for the request bodies and the reading of answers.
+        self.config = json.dumps(config)
+
+    def slices(self, wanted: set[int] | None = None) -> Iterator[Slice]:
+        """The lane's rows in input order (only those in `wanted`, when given)."""
+        lane = self.lane
+        position = 0
+        for chunk in iter_chunks(lane.paths, schemas=lane.schemas):
+            if position >= lane.total:
+                break
+            table = chunk.table.slice(0, lane.total - position)
+            start = lane.offset + position
+            at = position
+            position += table.num_rows
+            picked = [i for i in range(table.num_rows) if wanted is None or start + i in wanted]
+            if not picked:
+                continue
+            renderer = self._renderer(chunk.path, table)
+            index = pa.array(picked, pa.int64())
+            ids = pa.array(renderer.ids(table, at, chunk), pa.string()).take(index)
+            payloads = renderer.render_array(table, chunk).take(index).to_pylist()
+            yield Slice(table.take(index), ids, [start + i for i in picked], payloads)
+
+    def bodies(self, payloads: list[str]) -> list[tuple[str, str]]:
+        """Each payload's request body (as the live path would send it) and request hash."""
+        from runner._native import batch_requests
+
+        return batch_requests(self.config, payloads)
+
+    def results(self, items: list[tuple[Any, ...]]) -> pa.Table:
+        """Result rows (`RESULT_SCHEMA`) from answers read back from a batch."""
+        from runner._native import batch_results
+
+        return pa.Table.from_batches([pa.record_batch(batch_results(self.config, items))])
+
+    def _renderer(self, path: Path, table: pa.Table) -> Renderer:
+        if path not in self._renderers:
+            self._renderers[path] = plan(table.column_names, self.lane.spec, str(path))
+        return self._renderers[path]
