@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from runner.engine.lane import LaneRun
-from runner.inputs.dataset import iter_chunks
+from runner.engine.shard import parse_shard, shard_rows
 from runner.inputs.render import Renderer, plan
 
 
@@ -38,24 +38,24 @@ class LaneInput:
         self.config = json.dumps(config)
 
     def slices(self, wanted: set[int] | None = None) -> Iterator[Slice]:
-        """The lane's rows in input order (only those in `wanted`, when given)."""
+        """The lane's rows in input order (only those in `wanted`, when given); a shard's rows
+        only, read as the live lane reads them (`runner.engine.shard.shard_rows`)."""
         lane = self.lane
+        shard = parse_shard(lane.opts.shard)
+        limit = lane.opts.limit if shard else lane.total
         position = 0
-        for chunk in iter_chunks(lane.paths, schemas=lane.schemas):
+        for table, ids, chunk in shard_rows(lane.paths, lane.schemas, self._renderer, limit, shard):
             if position >= lane.total:
                 break
-            table = chunk.table.slice(0, lane.total - position)
+            table, ids = table.slice(0, lane.total - position), ids.slice(0, lane.total - position)
             start = lane.offset + position
-            at = position
             position += table.num_rows
             picked = [i for i in range(table.num_rows) if wanted is None or start + i in wanted]
             if not picked:
                 continue
-            renderer = self._renderer(chunk.path, table)
             index = pa.array(picked, pa.int64())
-            ids = pa.array(renderer.ids(table, at, chunk), pa.string()).take(index)
-            payloads = renderer.render_array(table, chunk).take(index).to_pylist()
-            yield Slice(table.take(index), ids, [start + i for i in picked], payloads)
+            payloads = self._renderer(chunk.path, table).render_array(table, chunk).take(index).to_pylist()
+            yield Slice(table.take(index), ids.take(index), [start + i for i in picked], payloads)
 
     def bodies(self, payloads: list[str]) -> list[tuple[str, str]]:
         """Each payload's request body (as the live path would send it) and request hash."""
