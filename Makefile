@@ -14,8 +14,8 @@ $(BIN)/maturin:
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet 'maturin>=1.7,<2'
 
-build: $(BIN)/maturin ## create .venv, install a release build of prompt-runner into it, build the binary
-	$(BIN)/maturin develop --release --extras test --quiet
+build: $(BIN)/maturin ## create .venv, install a release build of prompt-runner into it (with the test and ray extras), build the binary
+	$(BIN)/maturin develop --release --extras test,ray --quiet
 	$(MAKE) --no-print-directory binary
 
 binary: ## build the standalone client: target/release/model-client-rs (no libpython)

@@ -52,6 +52,9 @@ struct RawConfig {
     /// Keep each answer's JSON in the `raw` column.
     #[serde(default)]
     keep_raw: bool,
+    /// Send only on permits granted from outside (`Executor.grant`: a cluster-wide limit).
+    #[serde(default)]
+    granted: bool,
 }
 
 fn default_concurrency() -> usize {
@@ -129,6 +132,8 @@ pub struct RunConfig {
     pub api_version: Option<String>,
     /// Keep each answer's JSON (`raw` column).
     pub keep_raw: bool,
+    /// Send only on permits granted from outside (see `Limiter::leased`).
+    pub granted: bool,
 }
 
 impl RunConfig {
@@ -178,6 +183,7 @@ impl RunConfig {
             headers,
             api_version,
             keep_raw: raw.keep_raw,
+            granted: raw.granted,
         })
     }
 

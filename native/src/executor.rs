@@ -170,7 +170,8 @@ impl Executor {
         let target = config.target();
         let shared = Arc::new(Shared {
             target,
-            limiter: Limiter::new(config.concurrency, config.rpm, config.tpm),
+            limiter: Limiter::new(config.concurrency, config.rpm, config.tpm)
+                .leased(config.granted),
             backoff: Backoff {
                 base: Duration::from_millis(250),
                 cap: Duration::from_secs(30),
@@ -347,6 +348,13 @@ impl Executor {
     /// Where the run's pace comes from now (the server's stated limit, a learned one, or none).
     pub fn pacing(&self) -> Pacing {
         self.shared.limiter.pacing()
+    }
+
+    /// A lease of permits from outside (a run configured `granted`); false otherwise.
+    pub fn grant(&self, requests_per_second: f64, tokens_per_second: f64, seconds: f64) -> bool {
+        self.shared
+            .limiter
+            .grant(requests_per_second, tokens_per_second, seconds)
     }
 
     fn stop_reason(&self) -> String {

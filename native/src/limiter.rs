@@ -69,6 +69,9 @@ pub enum Pacing {
 
 /// Every request of a run waits here for its turn.
 pub struct Limiter {
+    /// Permits taken from outside (a cluster-wide pool): `None` for a run on its own, whose
+    /// path this leaves as it was (one branch on `None`).
+    lease: Option<Lease>,
     slots: Arc<Semaphore>,
     concurrency: usize,
     /// The user's `--rpm`: strict over any sliding minute.
@@ -111,6 +114,7 @@ impl Limiter {
         let now = Instant::now();
         let concurrency = concurrency.max(1);
         Self {
+            lease: None,
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,
             rpm: rpm.map(Pacer::per_minute),
@@ -127,6 +131,27 @@ impl Limiter {
                 until: None,
                 since: now,
             }),
+        }
+    }
+
+    /// A limiter whose run sends only on permits granted from outside ([`Limiter::grant`]): one
+    /// of several processes sharing one limit (README, "Shards and Ray"). Until the first grant
+    /// it sends nothing.
+    pub fn leased(mut self, leased: bool) -> Self {
+        self.lease = leased.then(Lease::new);
+        self
+    }
+
+    /// A lease of permits from outside: send at `requests_per_second` and `tokens_per_second`
+    /// (a negative rate: not limited) until `seconds` from now; a renewal replaces it. Returns
+    /// false when this limiter takes no permits from outside.
+    pub fn grant(&self, requests_per_second: f64, tokens_per_second: f64, seconds: f64) -> bool {
+        match &self.lease {
+            Some(lease) => {
+                lease.grant(requests_per_second, tokens_per_second, seconds);
+                true
+            }
+            None => false,
         }
     }
 
@@ -156,6 +181,9 @@ impl Limiter {
                 let _ = tpm.limiter.until_n_ready(piece).await;
                 remaining -= piece.get();
             }
+        }
+        if let Some(lease) = &self.lease {
+            lease.take(estimated_tokens).await;
         }
         self.server.wait().await;
         // A wait that began while this request queued holds it too.
@@ -273,6 +301,106 @@ fn token_quota(tpm: u32) -> TokenQuota {
 /// A held concurrency slot: a permit of the run's semaphore, given back when dropped.
 pub type Slot = OwnedSemaphorePermit;
 
+/// How long a request waiting for a lease sleeps before it looks again (a renewal also wakes it).
+const LEASE_POLL: Duration = Duration::from_millis(50);
+
+/// Permits leased from outside: a share of a cluster-wide limit, as rates, for a short time.
+///
+/// Requests are spaced `1 / rate` apart and charged their tokens at the token rate, each at the
+/// later of its two times (no burst: a share of a limit is not the limit's bucket). A request
+/// whose time falls after the lease's end waits for the next lease; when leases stop coming
+/// (the pool is gone, or this process lost its share) the run sends nothing. What the lease
+/// did not use is not kept: the pool gives an expired lease's share to the others.
+struct Lease {
+    state: Mutex<LeaseState>,
+    renewed: tokio::sync::Notify,
+}
+
+struct LeaseState {
+    /// Requests per second; negative: not limited; 0: wait.
+    requests: f64,
+    /// Tokens per second; negative: not limited; 0: wait.
+    tokens: f64,
+    until: Instant,
+    next_request: Instant,
+    next_token: Instant,
+}
+
+impl Lease {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            state: Mutex::new(LeaseState {
+                requests: 0.0,
+                tokens: 0.0,
+                until: now,
+                next_request: now,
+                next_token: now,
+            }),
+            renewed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn grant(&self, requests: f64, tokens: f64, seconds: f64) {
+        let seconds = if seconds.is_finite() {
+            seconds.clamp(0.0, 3600.0)
+        } else {
+            0.0
+        };
+        {
+            let mut s = self.state.lock().unwrap();
+            s.requests = if requests.is_nan() { 0.0 } else { requests };
+            s.tokens = if tokens.is_nan() { 0.0 } else { tokens };
+            s.until = Instant::now() + Duration::from_secs_f64(seconds);
+        }
+        self.renewed.notify_waiters();
+    }
+
+    /// This request's time within the current lease (it is then charged), or None: wait for
+    /// the next lease.
+    fn book(&self, tokens: u32) -> Option<Instant> {
+        let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        if now >= s.until || s.requests == 0.0 || s.tokens == 0.0 {
+            return None;
+        }
+        let mut at = now;
+        if s.requests > 0.0 {
+            at = at.max(s.next_request);
+        }
+        if s.tokens > 0.0 {
+            at = at.max(s.next_token);
+        }
+        if at >= s.until {
+            return None;
+        }
+        if s.requests > 0.0 {
+            s.next_request = at + Duration::from_secs_f64(1.0 / s.requests);
+        }
+        if s.tokens > 0.0 {
+            s.next_token = at + Duration::from_secs_f64(f64::from(tokens.max(1)) / s.tokens);
+        }
+        Some(at)
+    }
+
+    async fn take(&self, tokens: u32) {
+        loop {
+            let renewed = self.renewed.notified();
+            match self.book(tokens) {
+                Some(at) => {
+                    if at > Instant::now() {
+                        tokio::time::sleep_until(at).await;
+                    }
+                    return;
+                }
+                None => {
+                    let _ = tokio::time::timeout(LEASE_POLL, renewed).await;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +506,45 @@ mod tests {
         // Never faster than the rate, and no time lost to late wake-ups.
         assert!(elapsed >= Duration::from_millis(1_990), "{elapsed:?}");
         assert!(elapsed < Duration::from_millis(2_015), "{elapsed:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_leased_limiter_sends_at_its_lease_and_waits_when_it_ends() {
+        let limiter = Limiter::new(4, None, None).leased(true);
+        // No lease yet: nothing goes.
+        let waited = tokio::time::timeout(Duration::from_millis(120), limiter.wait_turn(1)).await;
+        assert!(waited.is_err(), "sent without a lease");
+        // 100 requests a second for 0.3 s: ~30 requests, evenly spaced, then a wait.
+        assert!(limiter.grant(100.0, -1.0, 0.3));
+        let start = std::time::Instant::now();
+        let mut sent = 0;
+        while tokio::time::timeout(Duration::from_millis(150), limiter.wait_turn(1))
+            .await
+            .is_ok()
+        {
+            sent += 1;
+        }
+        assert!(
+            (29..=31).contains(&sent),
+            "{sent} sent in {:?}",
+            start.elapsed()
+        );
+        // Tokens: 1,000 a second, 250 a request -> one every 0.25 s (the third at 0.5 s, within
+        // the lease's 0.7 s).
+        limiter.grant(-1.0, 1000.0, 0.7);
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(2), limiter.wait_turn(250))
+                .await
+                .expect("a request within its lease waited past it");
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(490) && elapsed < Duration::from_millis(600),
+            "{elapsed:?}"
+        );
+        // A limiter of its own takes no lease.
+        assert!(!Limiter::new(1, None, None).grant(1.0, 1.0, 1.0));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -165,6 +165,26 @@ impl Executor {
         self.inner.fatal_error()
     }
 
+    /// A lease of permits from outside, for an executor configured `granted` (a shard of a
+    /// cluster run): send at these rates (negative: not limited) for `seconds`.
+    fn grant(
+        &self,
+        requests_per_second: f64,
+        tokens_per_second: f64,
+        seconds: f64,
+    ) -> PyResult<()> {
+        if self
+            .inner
+            .grant(requests_per_second, tokens_per_second, seconds)
+        {
+            Ok(())
+        } else {
+            Err(config_error(
+                "grant: this executor takes no permits from outside (configure it granted)".into(),
+            ))
+        }
+    }
+
     /// Live counters for progress and metrics.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();

@@ -90,11 +90,10 @@ def run_cluster(spec: RunSpec, shards: int, address: str | None = None, reporter
     key = hashlib.sha256(str(spec.output).encode()).hexdigest()[:12]
     from runner._native import Executor
 
-    pool = None
+    pool = None  # the handle is held for the whole run: the actor lives as long as it
     if hasattr(Executor, "grant"):
         actor = ray.remote(num_cpus=0, max_restarts=-1)(PermitPool)
-        actor.options(name=pool_name(key), get_if_exists=True).remote([(lane.rpm, lane.tpm) for lane in lanes])
-        pool = pool_name(key)
+        pool = actor.options(name=pool_name(key), get_if_exists=True).remote([(lane.rpm, lane.tpm) for lane in lanes])
     options = {k: v for k, v in spec.saved().items() if k != "shard"}
     if spec.max_cost is not None:  # each shard may spend its share of the budget
         options["max_cost"] = spec.max_cost / shards

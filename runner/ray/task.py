@@ -36,9 +36,9 @@ class OwnedEngine:
         return LiveEngine().execute(run, reporter)
 
 
-def run_shard(options: dict[str, Any], output: str, shard: str, pool: str | None) -> dict[str, Any]:
+def run_shard(options: dict[str, Any], output: str, shard: str, pool: Any) -> dict[str, Any]:
     """Runs shard `shard` ("I/N") of the run `options` into `output`; its permits come from the
-    named actor `pool` (None: a fixed share of the limits). Returns how it ended."""
+    run's `PermitPool` actor `pool` (None: a fixed share of the limits). Returns how it ended."""
     from runner.engine import permits
     from runner.engine.pipeline import run_spec
     from runner.engine.shard import parse_shard
@@ -51,9 +51,7 @@ def run_shard(options: dict[str, Any], output: str, shard: str, pool: str | None
     owner = OwnerToken(run_dir_for(spec.output))
     owner.claim()
     if pool is not None:
-        import ray
-
-        source: Any = LeaseKeeper(ray.get_actor(pool), f"{shard}:{uuid.uuid4().hex[:8]}")
+        source: Any = LeaseKeeper(pool, f"{shard}:{uuid.uuid4().hex[:8]}")
     else:
         source = StaticShare(count)
     log = spec.output.with_name(spec.output.name + ".log")
