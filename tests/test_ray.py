@@ -161,3 +161,21 @@ def test_a_shard_worker_killed_with_sigkill_is_retried_as_a_resume(cluster, tmp_
           f"(pid {new_pid}); re-sent {resent} requests (bound: its concurrency, {concurrency})")
     assert new_pid != pid
     assert 0 <= resent <= concurrency
+
+
+def test_the_cli_runs_shards_on_ray_and_refuses_bad_input_in_one_line(cluster, tmp_path: Path) -> None:
+    server = mock()
+    rows = texts(60)
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": t} for t in rows])
+    out = tmp_path / "out.parquet"
+    args = ("run", str(path), "-o", str(out), "--provider", "openai", "--model", "m", "--api-base",
+            base_for(server, "openai"), "--ray", "--shards", "2", "--rpm", "6000")
+    res = cli(*args, env={"OPENAI_API_KEY": server.api_key})
+    assert res.code == 0, res.stderr
+    assert "shard 0/2: completed" in res.stderr and "wrote 60 rows" in res.stderr
+    assert read_output(out)["output"].to_list() == [expected_reply(t) for t in rows]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"nothing": 1}])
+    res = cli("run", str(bad), "-o", str(tmp_path / "bad.parquet"), "--provider", "mock", "--ray", "--shards", "2")
+    assert res.code == 2 and "bad.jsonl:2" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert stats(server)["requests"] == 60
