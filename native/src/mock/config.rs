@@ -53,6 +53,21 @@ pub struct MockConfig {
     /// Answer `stream: true` requests with a whole JSON body (`application/json`), as some
     /// gateways do for some models (LiteLLM).
     pub stream_as_json: bool,
+    /// The Batch APIs' accelerated time: how long, in seconds, a batch takes from its creation
+    /// to its end. OpenAI: `validating` for its first tenth, then `in_progress` with its requests
+    /// finishing at an even pace, `finalizing` for its last twentieth, then `completed`;
+    /// Anthropic: `in_progress` (requests finishing evenly), then `ended`. A cancel takes a
+    /// tenth of it (`cancelling`/`canceling`, then `cancelled`/`ended`).
+    pub batch_seconds: f64,
+    /// The first this many batches the server creates (both providers counted together)
+    /// expire at their end with only `batch_expire_fraction` of their requests done.
+    pub batch_expire_first: u32,
+    /// The fraction of an expiring batch's requests done by its end (0..=1).
+    pub batch_expire_fraction: f64,
+    /// For crash tests: a batch create and a file upload wait this long, then do their work,
+    /// then wait this long again before answering; a results or file-content download waits
+    /// this long before answering.
+    pub batch_delay_ms: u64,
 }
 
 impl Default for MockConfig {
@@ -75,6 +90,10 @@ impl Default for MockConfig {
             track_prompts: false,
             seed: 0,
             stream_as_json: false,
+            batch_seconds: 2.0,
+            batch_expire_first: 0,
+            batch_expire_fraction: 0.5,
+            batch_delay_ms: 0,
         }
     }
 }
@@ -143,6 +162,18 @@ impl MockConfig {
             return Err(invalid("mock rate_limit_rps must be at least 1".into()));
         }
         self.validate_schedule().map_err(invalid)?;
+        if !(self.batch_seconds.is_finite() && self.batch_seconds > 0.0) {
+            return Err(invalid(format!(
+                "mock batch_seconds must be more than 0, got {}",
+                self.batch_seconds
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.batch_expire_fraction) {
+            return Err(invalid(format!(
+                "mock batch_expire_fraction must be within 0..=1, got {}",
+                self.batch_expire_fraction
+            )));
+        }
         for &(start, duration) in &self.overload {
             if !(start.is_finite() && start >= 0.0 && duration.is_finite() && duration > 0.0) {
                 return Err(invalid(format!(
@@ -228,6 +259,14 @@ mod tests {
             ..MockConfig::default()
         };
         assert!(c.validate().is_err());
+        for (seconds, fraction) in [(0.0, 0.5), (f64::NAN, 0.5), (1.0, 1.5), (1.0, -0.1)] {
+            let c = MockConfig {
+                batch_seconds: seconds,
+                batch_expire_fraction: fraction,
+                ..MockConfig::default()
+            };
+            assert!(c.validate().is_err(), "{seconds} {fraction}");
+        }
         let bad_schedules: [&[(f64, u32)]; 4] = [
             &[(0.0, 40), (5.0, 0)],
             &[(0.0, 40), (5.0, 20), (5.0, 30)],

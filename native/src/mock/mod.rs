@@ -3,7 +3,7 @@
 //! Routes: `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic),
 //! `POST /openai/deployments/{deployment}/chat/completions?api-version=V` (Azure OpenAI: the
 //! `api-key` header, OpenAI's bodies; without `api-version` Azure's 404 `Resource not found`;
-//! the model is the body's, else the deployment), and the control endpoints `GET /_mock/stats`
+//! the model is the body's, else the deployment), the Batch APIs (below), and the control endpoints `GET /_mock/stats`
 //! ([`MockStats`] as JSON), `POST /_mock/reset`, `GET /health`. Checks run in this order:
 //! (Azure) api-version (404) → auth (401) → quota → body validation (400) → overload episode
 //! (Anthropic 529, OpenAI 503) → rate limit (429) → latency → random fault → bad marker (400)
@@ -48,12 +48,73 @@
 //! - `stream_as_json`: streaming requests are answered with a whole JSON body, as some gateways
 //!   do.
 //!
+//! **Batch APIs** (`batches/`): OpenAI's `POST /v1/files` (multipart/form-data: `purpose`,
+//! `file`; up to 512 MB), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`, `POST
+//! /v1/batches`, `GET /v1/batches?limit=&after=`, `GET /v1/batches/{id}`, `POST
+//! /v1/batches/{id}/cancel`; Anthropic's `POST /v1/messages/batches`, `GET
+//! /v1/messages/batches?limit=&after_id=&before_id=`, `GET /v1/messages/batches/{id}`, `POST
+//! .../cancel`, `GET .../results`. Checks on these paths: method (405) → auth as on the chat
+//! paths (401; Anthropic `anthropic-version` 400) → quota → the request's own checks (400 in the
+//! provider's shape; 404 for an unknown id or input file; 409 cancelling an ended OpenAI batch,
+//! 400 an ended Anthropic one) → `batch_delay_ms` → the work → `batch_delay_ms` again. Lists
+//! are newest first.
+//! - OpenAI validates a batch's input file as its `validating` does: each line JSON
+//!   (`invalid_json_line`), with `custom_id`, `method`, `url`, `body`
+//!   (`missing_required_parameter`), `method` POST (`invalid_value`), `url` the batch's endpoint
+//!   (`invalid_url`), no `body.stream` (`streaming_unsupported`), a `body.model` and
+//!   `body.messages` (`invalid_request`), one model for the file (`mismatched_model`), unique
+//!   `custom_id` (`duplicate_custom_id`); at most 50,000 lines (`too_many_requests`) and 200 MB
+//!   (`file_too_large`). A file that fails makes the batch `failed` after validating, with
+//!   `errors.data` ({code, message, param, line}, one per bad line). The endpoint must be
+//!   `/v1/chat/completions` (`/v1/completions`, `/v1/embeddings`, `/v1/responses` are refused
+//!   as not served by the mock), the window `24h`, metadata at most 16 string pairs (keys ≤ 64,
+//!   values ≤ 512 characters), the input file one uploaded with purpose `batch` (an upload with
+//!   that purpose must be JSONL: its first line JSON).
+//! - Anthropic refuses at once (400 `invalid_request_error`): no or empty `requests`, more than
+//!   100,000, a `custom_id` not matching `^[a-zA-Z0-9_-]{1,64}$` or repeated, `params` not an
+//!   object; a body over 256 MB is a 413. Each request's `params` is validated as `/v1/messages`
+//!   validates a body, but, as Anthropic documents, asynchronously: a refusal is that request's
+//!   `errored` result.
+//! - Each request of a batch is answered when the batch is created, by the live path
+//!   (`server::batch_answer`: validation, the random fault drawn as a 5xx, the bad marker's 400,
+//!   the reply; no rate limit, overload episode or latency), in an order shuffled with `seed`.
+//!   The batch reveals the answers on the clock of `batch_seconds` ([`MockConfig`]), computed
+//!   from the elapsed time on each look. OpenAI: `validating` (a tenth), `in_progress`
+//!   (`request_counts` growing evenly), `finalizing` (the last twentieth), `completed`; its
+//!   output file (one line per 2xx answer: `{id: "batch_req_...", custom_id, response:
+//!   {status_code, request_id, body}, error: null}`) and error file (non-2xx answers, same
+//!   shape; requests never run: `{response: null, error: {code, message}}`) are written when it
+//!   ends, in the shuffled order; a file with no line is not written (its id stays null).
+//!   Anthropic: `in_progress`, then `ended` with `results_url` (this server's URL, from the
+//!   request's `Host`) serving JSONL `{custom_id, result: {type: succeeded, message} |
+//!   {type: errored, error: {type: "error", error: {type, message}}} | {type: expired} |
+//!   {type: canceled}}`.
+//! - Cancel: `cancelling`/`canceling` for a tenth of `batch_seconds`, then `cancelled`/`ended`.
+//!   The requests done by the cancel keep their answers; OpenAI puts those in the output (2xx)
+//!   and error files, as its docs say ("partial results (if any) available in the output
+//!   file"), and the requests never run in the error file as `batch_cancelled` (request_counts
+//!   count neither); Anthropic's are `canceled` results.
+//! - Expiry: the first `batch_expire_first` batches (both providers counted together) expire at
+//!   their end with `batch_expire_fraction` of their requests done: OpenAI `expired` (with
+//!   `expired_at`), the rest in the error file as `batch_expired` ("This request could not be
+//!   executed before the completion window expired."); Anthropic `ended` with `expired` results
+//!   and `request_counts.expired`.
+//! - `batch_delay_ms`: a create or upload waits, does its work, waits again; a download
+//!   waits once. hyper drops a request's handler when its client's connection closes while the
+//!   handler waits (tested in `batch_tests.rs`): a client killed during the first wait created
+//!   nothing; one killed during the second created a batch (or file) it never heard of.
+//! - Files and batches live as long as the server (a stats reset keeps them). Stats:
+//!   `files_uploaded`, `batches_created`, `batch_requests`, `batches_cancelled`; `by_path` counts
+//!   these paths with ids collapsed (`/v1/batches/{id}`, ...). A batch's requests are not
+//!   counted as HTTP requests, but their `params` (and `prompts`) are.
+//!
 //! Rate limits are enforced per second and stated per minute, as the providers do: with R
 //! requests per second in force the headers say a limit of 60 × R (see [`MockConfig`]). The
 //! rate may follow a schedule and the server may be overloaded for episodes; both count time
 //! from the first API request.
 
 mod anthropic;
+mod batches;
 mod body;
 mod config;
 mod delay;
@@ -67,6 +128,8 @@ mod schema;
 mod server;
 mod stats;
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;
 

@@ -1,6 +1,7 @@
 //! The HTTP side: accept loop, routing, the order of checks, headers, and fault delivery.
 
 use super::anthropic;
+use super::batches::{self, Store};
 use super::body::MockBody;
 use super::config::{FaultKind, MockConfig};
 use super::delay::Delays;
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Request bodies above this are refused (413) rather than buffered.
-const MAX_BODY: usize = 32 << 20;
+pub(crate) const MAX_BODY: usize = 32 << 20;
 /// System prompts the mock's prompt cache holds at most (a bound on its memory).
 const MAX_CACHED_SYSTEMS: usize = 1 << 20;
 /// `retry-after-ms` of an injected 429: short, so fault tests stay fast.
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     ids: AtomicU64,
     /// System prompts answered so far (hashes, per provider): the prompt cache's contents.
     cached_systems: Mutex<HashSet<u64>>,
+    /// The Batch APIs' files and batches, kept for the server's life (a stats reset keeps them).
+    pub batches: Store,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             id_base: rand::random(),
             ids: AtomicU64::new(0),
             cached_systems: Mutex::new(HashSet::new()),
+            batches: Store::default(),
             stats: Stats::default(),
             config,
         }
@@ -105,7 +109,7 @@ impl Shared {
         false
     }
 
-    fn next_id(&self) -> String {
+    pub(crate) fn next_id(&self) -> String {
         format!(
             "{:016x}{:08x}",
             self.id_base,
@@ -115,7 +119,7 @@ impl Shared {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum Provider {
+pub(crate) enum Provider {
     OpenAi,
     Anthropic,
     /// Azure OpenAI: OpenAI's wire format at `/openai/deployments/{deployment}/chat/completions`.
@@ -128,7 +132,7 @@ const AZURE_NOT_FOUND: &str = r#"{"error":{"code":"404","message":"Resource not 
 const AZURE_UNAUTHORIZED: &str = r#"{"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}}"#;
 
 impl Provider {
-    fn error(self, err: &ApiError) -> (u16, String) {
+    pub(crate) fn error(self, err: &ApiError) -> (u16, String) {
         match (self, err) {
             (Provider::OpenAi, _) => openai::error(err),
             (Provider::Anthropic, _) => anthropic::error(err),
@@ -139,7 +143,7 @@ impl Provider {
     }
 
     /// The wire format: Azure's is OpenAI's.
-    fn wire(self) -> Provider {
+    pub(crate) fn wire(self) -> Provider {
         match self {
             Provider::Azure => Provider::OpenAi,
             other => other,
@@ -210,6 +214,9 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// One request. An `Err` makes hyper close the connection without a response (the "reset" fault).
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Response<MockBody>> {
+    if let Some(route) = batches::route(req.uri().path()) {
+        return Ok(batches::handle(&shared, route, req).await);
+    }
     let provider = match req.uri().path() {
         OPENAI_PATH => Provider::OpenAi,
         ANTHROPIC_PATH => Provider::Anthropic,
@@ -351,7 +358,7 @@ async fn api(
     Ok(reply(shared, provider, &chat, decision.as_ref(), cut))
 }
 
-fn check_auth(
+pub(crate) fn check_auth(
     config: &MockConfig,
     provider: Provider,
     headers: &HeaderMap,
@@ -394,14 +401,9 @@ fn check_auth(
     Ok(())
 }
 
-/// The successful (or cut) reply, whole or streamed (see `mod.rs` for the rules).
-fn reply(
-    shared: &Shared,
-    provider: Provider,
-    chat: &ChatRequest,
-    decision: Option<&Decision>,
-    cut: bool,
-) -> Response<MockBody> {
+/// The mock's answer to a validated request, before a provider module renders it, and the
+/// id suffix it and its headers share.
+fn completion(shared: &Shared, provider: Provider, chat: &ChatRequest) -> (Completion, String) {
     let (text, truncated) = match &chat.answer {
         Answer::Echo => reply_text(&chat.last_user_text, chat.max_tokens),
         Answer::Json(json) => (json.clone(), false),
@@ -454,6 +456,63 @@ fn reply(
             0
         },
     };
+    (completion, suffix)
+}
+
+/// The whole (not streamed) JSON answer in the provider's wire format.
+fn answer_json(provider: Provider, chat: &ChatRequest, completion: &Completion) -> String {
+    match provider.wire() {
+        Provider::Anthropic => anthropic::body(chat, completion),
+        _ => openai::body(chat, completion),
+    }
+}
+
+/// One Batch API request's answer (status and JSON body), by the live path's rules without
+/// HTTP: validation (400), a random fault (as a 5xx: a 429, reset or cut drawn is a 500, the
+/// Batch API having no connection to cut nor a rate limit), the bad marker (400), then the
+/// reply, always whole. No rate limit, overload episode or latency applies.
+pub(crate) fn batch_answer(shared: &Shared, provider: Provider, body: &[u8]) -> (u16, String) {
+    let parsed = match provider.wire() {
+        Provider::Anthropic => anthropic::parse(body),
+        _ => openai::parse(body, None),
+    };
+    let chat = match parsed {
+        Ok(chat) => chat,
+        Err(err) => return provider.error(&err),
+    };
+    shared.stats.params(&chat.fields);
+    if shared.config.track_prompts {
+        shared.stats.prompt(&chat.last_user_text);
+    }
+    let status = match shared.faults.draw() {
+        Some(FaultKind::BadGateway) => Some(502),
+        Some(FaultKind::Unavailable) => Some(503),
+        Some(FaultKind::Overloaded) => Some(529),
+        Some(_) => Some(500),
+        None => None,
+    };
+    if let Some(code) = status {
+        return provider.error(&ApiError::Server(code));
+    }
+    if !shared.config.bad_marker.is_empty()
+        && chat.last_user_text.contains(&shared.config.bad_marker)
+    {
+        return provider.error(&ApiError::BadMarker);
+    }
+    let (completion, _) = completion(shared, provider, &chat);
+    (200, answer_json(provider, &chat, &completion))
+}
+
+/// The successful (or cut) reply, whole or streamed (see `mod.rs` for the rules).
+fn reply(
+    shared: &Shared,
+    provider: Provider,
+    chat: &ChatRequest,
+    decision: Option<&Decision>,
+    cut: bool,
+) -> Response<MockBody> {
+    let (completion, suffix) = completion(shared, provider, chat);
+    let wire = provider.wire();
     shared.stats.outcome(if cut {
         Outcome::Cut
     } else {
@@ -475,10 +534,7 @@ fn reply(
             "text/event-stream; charset=utf-8",
         )
     } else {
-        let json = Bytes::from(match wire {
-            Provider::Anthropic => anthropic::body(chat, &completion),
-            _ => openai::body(chat, &completion),
-        });
+        let json = Bytes::from(answer_json(provider, chat, &completion));
         let body = if cut {
             MockBody::cut(json)
         } else {
@@ -497,7 +553,7 @@ fn reply(
 }
 
 /// Builds the error response, counting it, with the headers a client needs to back off.
-fn error_response(
+pub(crate) fn error_response(
     shared: &Shared,
     provider: Provider,
     err: &ApiError,
@@ -540,7 +596,7 @@ fn error_response(
 /// rate-limit headers in its units: the limit per minute (60 × the rate in force), the remaining
 /// room scaled to a minute (0 when the next request would be refused), and the reset: OpenAI the
 /// duration until the bucket is full ("20ms", "1.5s"), Anthropic the RFC 3339 time it is full.
-fn common_headers(
+pub(crate) fn common_headers(
     headers: &mut HeaderMap,
     provider: Provider,
     id: &str,

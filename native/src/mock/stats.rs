@@ -27,6 +27,14 @@ pub struct MockStats {
     /// Requests per non-standard request header name (`anthropic-beta`, a gateway's own; not
     /// `content-type`, the key's header, `anthropic-version`, ...): names only, never values.
     pub headers: BTreeMap<String, u64>,
+    /// Files uploaded (`POST /v1/files`).
+    pub files_uploaded: u64,
+    /// Batch API batches created, both providers (a failed validation included).
+    pub batches_created: u64,
+    /// The requests of the batches created, summed.
+    pub batch_requests: u64,
+    /// Batches a cancel was accepted for (once per batch).
+    pub batches_cancelled: u64,
 }
 
 /// How one request ended, as counted in [`MockStats::by_status`].
@@ -38,7 +46,9 @@ pub(crate) enum Outcome {
 }
 
 /// Status codes the mock can answer with; each has its own counter.
-const STATUSES: [u16; 12] = [200, 400, 401, 404, 405, 413, 429, 500, 502, 503, 529, 0];
+const STATUSES: [u16; 13] = [
+    200, 400, 401, 404, 405, 409, 413, 429, 500, 502, 503, 529, 0,
+];
 
 /// Paths with a dedicated counter; anything else goes to `other_paths`.
 pub(crate) const OPENAI_PATH: &str = "/v1/chat/completions";
@@ -54,6 +64,10 @@ pub(crate) struct Stats {
     openai: AtomicU64,
     anthropic: AtomicU64,
     streamed: AtomicU64,
+    files_uploaded: AtomicU64,
+    batches_created: AtomicU64,
+    batch_requests: AtomicU64,
+    batches_cancelled: AtomicU64,
     other_paths: Mutex<BTreeMap<String, u64>>,
     prompts: Mutex<BTreeMap<String, u64>>,
     params: Mutex<BTreeMap<String, u64>>,
@@ -128,6 +142,20 @@ impl Stats {
         counter.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn file_uploaded(&self) {
+        self.files_uploaded.fetch_add(1, Relaxed);
+    }
+
+    /// A batch of `requests` requests was created.
+    pub(crate) fn batch_created(&self, requests: u64) {
+        self.batches_created.fetch_add(1, Relaxed);
+        self.batch_requests.fetch_add(requests, Relaxed);
+    }
+
+    pub(crate) fn batch_cancelled(&self) {
+        self.batches_cancelled.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn streamed(&self) {
         self.streamed.fetch_add(1, Relaxed);
     }
@@ -193,6 +221,10 @@ impl Stats {
             prompts: lock(&self.prompts).clone(),
             params: lock(&self.params).clone(),
             headers: lock(&self.headers).clone(),
+            files_uploaded: self.files_uploaded.load(Relaxed),
+            batches_created: self.batches_created.load(Relaxed),
+            batch_requests: self.batch_requests.load(Relaxed),
+            batches_cancelled: self.batches_cancelled.load(Relaxed),
         }
     }
 
@@ -204,6 +236,10 @@ impl Stats {
             &self.openai,
             &self.anthropic,
             &self.streamed,
+            &self.files_uploaded,
+            &self.batches_created,
+            &self.batch_requests,
+            &self.batches_cancelled,
         ]) {
             n.store(0, Relaxed);
         }
@@ -233,6 +269,10 @@ mod tests {
         s.outcome(Outcome::Cut);
         s.prompt("a");
         s.prompt("a");
+        s.file_uploaded();
+        s.batch_created(3);
+        s.batch_created(2);
+        s.batch_cancelled();
         s.params(&["stream".to_string(), "seed".to_string()]);
         s.params(&["stream".to_string()]);
         let mut headers = hyper::HeaderMap::new();
@@ -255,6 +295,9 @@ mod tests {
         assert_eq!(snap.by_status["cut"], 1);
         assert_eq!(snap.by_path["/nope"], 1);
         assert_eq!(snap.prompts["a"], 2);
+        assert_eq!(snap.files_uploaded, 1);
+        assert_eq!((snap.batches_created, snap.batch_requests), (2, 5));
+        assert_eq!(snap.batches_cancelled, 1);
         s.reset();
         assert_eq!(s.snapshot(), MockStats::default());
     }

@@ -726,7 +726,9 @@ async fn stats_and_control_endpoints() {
         json!({"requests": 4, "by_status": {"200": 3, "404": 1},
             "by_path": {"/v1/chat/completions": 2, "/v1/messages": 1, "/v1/nope": 1},
             "streamed": 0, "prompts": {"p1": 2, "p2": 1},
-            "params": {"max_tokens": 1, "system": 1}, "headers": {}})
+            "params": {"max_tokens": 1, "system": 1}, "headers": {},
+            "files_uploaded": 0, "batches_created": 0, "batch_requests": 0,
+            "batches_cancelled": 0})
     );
     assert_eq!(serde_json::to_value(srv.stats()).unwrap(), v);
     let reset = http
