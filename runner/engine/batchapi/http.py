@@ -14,7 +14,8 @@ from runner.errors import RunnerError
 
 #: Attempts of one call before it fails; waits between them grow from 1 s, at most 30 s.
 ATTEMPTS = 6
-RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
+#: (not 409: for a batch, "cannot cancel a batch that has ended")
+RETRY_STATUSES = {408, 429, 500, 502, 503, 504, 529}
 
 
 class BatchApiError(RunnerError):
