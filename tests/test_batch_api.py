@@ -314,3 +314,22 @@ def test_batch_flags_need_batch_api_and_the_mock_cannot_be_left(tmp_path: Path) 
     assert r.code == 2 and "--no-wait applies to Batch API runs" in r.stderr
     r = cli("run", str(data), "-o", str(out), "--provider", "mock", "--batch-api", "--no-wait")
     assert r.code == 2 and "mock-server" in r.stderr
+
+
+def test_open_batches_are_never_sent_live_nor_forgotten_by_restart(tmp_path: Path) -> None:
+    server = mock(batch_seconds=30.0)
+    data, out = dataset(tmp_path, 6), tmp_path / "out.parquet"
+    env = provider_env(server, "openai")
+    r = cli(*run_args(server, "openai", data, out, "--no-wait"), env=env)
+    assert r.code == 0, r.stderr
+    live = ["run", str(data), "-o", str(out), "--provider", "openai", "--model", MODEL["openai"],
+            "--api-base", base_for(server, "openai"), "--max-tokens", "50"]
+    r = cli(*live, env=env)
+    assert r.code == 2 and "6 rows are in batches open at the provider" in r.stderr
+    r = cli(*live, "--restart", env=env)
+    assert r.code == 2 and "--restart: 1 batches of this run are open" in r.stderr
+    assert batch_stats(server)["live"] == 0
+    # The run's saved options are untouched: status and cancel still see a Batch API run.
+    assert "batches open at the provider" in cli("status", str(out), env=env).stdout
+    assert cli("cancel", str(out), env=env).code == 1
+    assert batch_stats(server)["batches_cancelled"] == 1

@@ -28,6 +28,7 @@ from runner.engine.spec import Lane, RunSpec
 from runner.errors import InputError
 from runner.inputs.dataset import iter_chunks, resolve_inputs, scan
 from runner.inputs.render import RequestSpec, plan
+from runner.store.ledger import Ledger
 from runner.store.checkpoint import FLUSH_ROWS, OutputError, RunDir, digests_in_background, oserror_text
 
 __all__ = ["resume_command", "run_spec"]
@@ -63,10 +64,14 @@ def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | N
     if spec.restart:
         if (pid := run_dir.holder()) is not None:
             raise InputError(f"{spec.output}: another prompt-runner (pid {pid}) is running on it")
+        if open_batches := Ledger(run_dir.path).open_batches():
+            raise InputError(f"--restart: {len(open_batches)} batches of this run are open at the provider and billed; "
+                             f"`prompt-runner cancel {spec.output}` first, or `prompt-runner resume {spec.output}` to collect them")
         run_dir.remove()
         saved = None
     elif saved is not None:
         _check_same_run(spec, request, lanes, saved, inputs)
+        _check_open_batches(spec, lanes, run_dir)
         run_id = saved.get("run_id", run_id)
     endpoints: list[endpoint.Endpoint] = []
     try:
@@ -85,6 +90,14 @@ def run_spec(spec: RunSpec, reporter: Reporter | None = None, engine: Engine | N
     finally:
         for ep in endpoints:
             ep.close()
+
+
+def _check_open_batches(spec: RunSpec, lanes: list[Lane], run_dir: RunDir) -> None:
+    """A model whose rows are in batches open at the provider is never sent live as well."""
+    batched = {lane.index for lane in lanes if lane.batch}
+    if waiting := [r for r in Ledger(run_dir.path).open_batches() if r.lane not in batched]:
+        raise InputError(f"{spec.output}: {sum(len(r.rows) for r in waiting)} rows are in batches open at the provider; "
+                         f"`prompt-runner resume {spec.output}` collects them, `prompt-runner cancel {spec.output}` cancels them")
 
 
 def _engine(run: Prepared) -> Engine:

@@ -61,6 +61,8 @@ class BatchRecord:
     checked_at: float | None = None
     #: How the batch id became known: "created", or "found" after a crash.
     how: str | None = None
+    #: Batches found for this record that turned out to hold other rows: never taken again.
+    passed_over: list[str] = field(default_factory=list)
 
     @property
     def open(self) -> bool:
@@ -96,6 +98,14 @@ class Ledger:
             write_json_atomic(asdict(record), self.path / f"{record.key}.json")
         except OSError as err:
             raise OutputError(f"{self.path}: cannot record batch {record.key}: {oserror_text(err)}") from None
+
+    def open_batches(self) -> list[BatchRecord]:
+        """Records whose batch exists, or may exist, at the provider and is not collected."""
+        return [r for r in self.records() if r.open]
+
+    def claimed(self, record: BatchRecord) -> set[str]:
+        """Batch ids `record` may not take: every other record's, and those it passed over."""
+        return {r.batch_id for r in self.records() if r.batch_id} | set(record.passed_over)
 
     def update(self, record: BatchRecord, **changes: Any) -> None:
         for name, value in changes.items():

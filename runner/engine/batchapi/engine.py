@@ -160,8 +160,7 @@ class _Batches:
         batch found at the provider is adopted; else the rows are submitted again."""
         for record in intents:
             client = self.clients[record.lane]
-            claimed = {r.batch_id for r in self.ledger.records() if r.batch_id}
-            found = client.find(self._tag(record), record.intent_at, len(record.rows), claimed)
+            found = client.find(self._tag(record), record.intent_at, len(record.rows), self.ledger.claimed(record))
             if found is not None:
                 self.ledger.update(record, state=SUBMITTED, batch_id=found.id, how="found", status=found.status)
                 self.reporter.say(f"batch {record.key}: found {found.id}, created before the last run stopped; not submitted again")
@@ -316,7 +315,7 @@ class _Batches:
                 foreign += 1
         if foreign and record.how == "found" and not answers:
             # Not ours after all (Anthropic, matched by size and time): look again next time.
-            self.ledger.update(record, state=INTENT, batch_id=None, how=None)
+            self.ledger.update(record, state=INTENT, batch_id=None, how=None, passed_over=[*record.passed_over, batch.id])
             self.reporter.say(f"batch {record.key}: {batch.id} holds other rows; it is not this run's")
             return
         missing = _missing(batch)
@@ -356,8 +355,7 @@ class _Batches:
         for record in records:
             client = self.clients[record.lane]
             if record.state == INTENT:
-                claimed = {r.batch_id for r in self.ledger.records() if r.batch_id}
-                found = client.find(self._tag(record), record.intent_at, len(record.rows), claimed)
+                found = client.find(self._tag(record), record.intent_at, len(record.rows), self.ledger.claimed(record))
                 if found is None:
                     self.ledger.update(record, state=ABANDONED, status="never created")
                     continue
