@@ -333,3 +333,22 @@ def test_open_batches_are_never_sent_live_nor_forgotten_by_restart(tmp_path: Pat
     assert "batches open at the provider" in cli("status", str(out), env=env).stdout
     assert cli("cancel", str(out), env=env).code == 1
     assert batch_stats(server)["batches_cancelled"] == 1
+
+
+def test_a_job_file_limits_mode_and_the_python_api(tmp_path: Path) -> None:
+    import runner
+
+    data = dataset(tmp_path, 5)
+    job = tmp_path / "job.toml"
+    body = f'input = "{data}"\noutput = "{tmp_path / "j.parquet"}"\n[[models]]\nprovider = "mock"\n[limits]\nmode = "%s"\n'
+    job.write_text(body % "fast")
+    r = cli("run", "--job", str(job))
+    assert r.code == 2 and "limits.mode" in r.stderr and "'live' or 'batch'" in r.stderr
+    job.write_text(body % "batch")
+    r = cli("run", "--job", str(job), "--mock-config", json.dumps({"batch_seconds": 0.3}))
+    assert r.code == 0, r.stderr
+    assert read_output(tmp_path / "j.parquet")["batch_id"].null_count() == 0
+    frame = runner.run(str(data), provider="mock", batch_api=True, mock_config=json.dumps({"batch_seconds": 0.3}), progress=False)
+    assert frame.height == 5 and frame["batch_id"].null_count() == 0 and (frame["status"] == "ok").all()
+    with pytest.raises(TypeError, match="--no-wait"):
+        runner.run(str(data), provider="mock", batch_api=True, wait=False)

@@ -29,6 +29,7 @@ def test_the_wheel_is_abi3_manylinux_and_holds_the_package_only() -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("runner/_native") and n.endswith(".so") for n in names)
     assert "runner/cli.py" in names and "runner/engine/live.py" in names and "runner/py.typed" in names
+    assert any(n.startswith("runner/evals/pages/") for n in names), "the HTML report's templates and assets"
     stray = [n for n in names if not (n.startswith("runner/") or ".dist-info/" in n)]
     assert not stray, stray  # no tests, benches, native sources or build leftovers
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".tmp"))]
@@ -72,6 +73,13 @@ def test_a_fresh_venv_without_rust_installs_the_wheel_and_runs_it(tmp_path: Path
     (tmp_path / "in.jsonl").write_text('{"prompt": "hello from a wheel"}\n{"prompt": "second row"}\n')
     done = run("prompt-runner", "run", "in.jsonl", "-o", "out.parquet", "--provider", "mock")
     assert "wrote 2 rows" in done.stderr
+    # The Batch API engine (its HTTP client is a dependency) and the HTML report (its templates
+    # are package data).
+    done = run("prompt-runner", "run", "in.jsonl", "-o", "batch.parquet", "--provider", "mock", "--batch-api",
+               "--mock-config", '{"batch_seconds": 0.2}')
+    assert "wrote 2 rows" in done.stderr and "1 created for this run" in done.stderr
+    run("prompt-runner", "report", "out.parquet", "--html", "report.html")
+    assert "Content-Security-Policy" in (tmp_path / "report.html").read_text()
     script = (
         "import asyncio, json, runner\n"
         "from runner._native import MockServer\n"
