@@ -113,21 +113,9 @@ def test_bad_inputs_are_one_line_naming_the_file(tmp_path: Path) -> None:
     assert done.code == 2 and done.stderr.strip() == f"error: {tmp_path / 'other.parquet'}: not a prompt-runner output (no 'id' column)"
 
 
-@pytest.mark.parametrize("linter", ["check-jsonschema", "zizmor"])
-def test_the_nightly_example_passes_the_linters(linter: str) -> None:
-    """examples/ci/nightly.yml (compare with the last good night) is linted like release.yml."""
-    import subprocess
-    import sys
-
+def test_the_nightly_example_compares_into_the_step_summary() -> None:
+    """examples/ci/nightly.yml compares with the last good night (linted in tests/test_workflows.py)."""
     from e2e import REPO
 
-    workflow = REPO / "examples" / "ci" / "nightly.yml"
-    tool = Path(sys.executable).with_name(linter)
-    if linter == "check-jsonschema":
-        args = [str(tool), "--builtin-schema", "vendor.github-workflows", str(workflow)]
-    else:
-        args = [str(tool), "--offline", "--config", str(REPO / ".github" / "zizmor.yml"), str(workflow)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    text = workflow.read_text()
+    text = (REPO / "examples" / "ci" / "nightly.yml").read_text()
     assert "prompt-runner compare baseline/openai-qa.parquet runs/openai-qa.parquet" in text and "GITHUB_STEP_SUMMARY" in text

@@ -163,21 +163,3 @@ def test_bad_shard_flags_are_one_line_errors(tmp_path: Path, args: list[str], me
     assert res.code == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize("linter", ["check-jsonschema", "zizmor"])
-def test_the_sharded_ci_example_passes_the_linters(linter: str) -> None:
-    """examples/ci/sharded.yml (a matrix of shards, then merge) is linted like release.yml."""
-    import subprocess
-    import sys
-
-    from e2e import REPO
-
-    workflow = REPO / "examples" / "ci" / "sharded.yml"
-    tool = Path(sys.executable).with_name(linter)
-    if linter == "check-jsonschema":
-        args = [str(tool), "--builtin-schema", "vendor.github-workflows", str(workflow)]
-    else:
-        args = [str(tool), "--offline", "--config", str(REPO / ".github" / "zizmor.yml"), str(workflow)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr

@@ -6,7 +6,7 @@ import contextlib
 import signal
 import threading
 import time
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 
 class Shutdown:
@@ -45,17 +45,23 @@ class Shutdown:
                     executor.cancel()
 
 
-@contextlib.contextmanager
-def stop_signals(stop: Shutdown) -> Iterator[None]:
+def stop_signals(stop: Shutdown) -> contextlib.AbstractContextManager[None]:
     """SIGINT/SIGTERM are counted instead of raising, so no result in hand is ever dropped
-    half-processed; the run loop acts on them (signals are only caught on the main thread)."""
+    half-processed; the run loop acts on them."""
+    return on_stop_signals(stop.signal)
+
+
+@contextlib.contextmanager
+def on_stop_signals(callback: Callable[[], None]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM call `callback` instead of raising (signals are only
+    caught on the main thread; elsewhere the block runs as it is)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum: int, frame: Any) -> None:
-        stop.signal()
+        callback()
 
     for sig in previous:
         signal.signal(sig, handler)

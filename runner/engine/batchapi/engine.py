@@ -12,11 +12,8 @@ once they have ended, by their custom ids).
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +30,7 @@ from runner.engine.lane import LaneRun, output_rows
 from runner.engine.outcome import Reporter, RunOutcome, Stop
 from runner.engine.pricing import BATCH_DISCOUNT
 from runner.engine.request import resolve_headers
+from runner.engine.shutdown import on_stop_signals
 from runner.schema import META_CONFIG, META_SUMMARY
 from runner.store.ledger import ABANDONED, COLLECTED, INTENT, SUBMITTED, BatchRecord, Ledger, custom_id, row_of
 
@@ -108,7 +106,7 @@ class _Batches:
 
     def go(self, wait: bool) -> RunOutcome:
         run, say = self.run, self.reporter.say
-        with _signals(self.interrupted):
+        with on_stop_signals(self.interrupted.set):
             self._hand_back()
             records = [r for r in self.ledger.records() if r.open and r.lane in self.inputs]
             if self.cancelling:
@@ -450,23 +448,3 @@ def _open_cache(wanted: bool) -> Any:
     from runner.store.cache import ResponseCache
 
     return ResponseCache.open()
-
-
-@contextmanager
-def _signals(event: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM stop the waiting (the batches go on at the provider)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: Any) -> None:
-        event.set()
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
