@@ -400,7 +400,8 @@ def report(
     ] = None,
 ) -> None:
     """Per-model counts, pass rates, errors, tokens, cost and latency of an output file."""
-    from runner.evals.report import ReportError, load_output, print_stats, score_record, write_reports
+    from runner.evals.evaluate import write_reports
+    from runner.evals.report import ReportError, load_output, print_stats, score_record
 
     try:
         table = load_output(output)

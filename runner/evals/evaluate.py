@@ -5,18 +5,20 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from runner.store.files import write_atomic
 from runner.engine.request import load_json
 from runner.errors import InputError
 from runner.evals.jobfile import Job
-from runner.evals.report import write_reports
+from runner.evals.html_report import write_html
+from runner.evals.report import model_stats, score_record, write_json, write_junit, write_markdown
 from runner.evals.score import score_table
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "write_reports"]
 
 
 def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = None) -> list[str]:
@@ -61,3 +63,33 @@ def evaluate(job: Job, output: str | Path | None = None, err: TextIO | None = No
         if target:
             print(f"wrote {name} report to {target}", file=err)
     return missed
+
+
+def write_reports(
+    table: pa.Table,
+    *,
+    markdown_path: str | Path | None = None,
+    junit_path: str | Path | None = None,
+    json_path: str | Path | None = None,
+    html_path: str | Path | None = None,
+    min_pass_rate: float | None = None,
+    title: str = "prompt-runner report",
+    source: str = "",
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Everything the run loop needs after a scored run: writes the requested reports and
+    returns (stats, threshold messages). ``min_pass_rate`` defaults to the scored one."""
+    from runner.evals.score import check_thresholds
+
+    if min_pass_rate is None:
+        min_pass_rate = score_record(table).get("min_pass_rate")
+    stats = model_stats(table)
+    missed = check_thresholds(table, min_pass_rate) if "passed" in table.column_names else []
+    if markdown_path:
+        write_markdown(stats, markdown_path, missed, title=title, min_pass_rate=min_pass_rate if "passed" in table.column_names else None)
+    if junit_path:
+        write_junit(table, junit_path)
+    if json_path:
+        write_json(stats, json_path, min_pass_rate=min_pass_rate, thresholds_missed=missed)
+    if html_path:
+        write_html(table, html_path, title=title, source=source)
+    return stats, missed

@@ -269,35 +269,3 @@ def write_junit(table: pa.Table, path: str | Path, expected_column: str | None =
         junit_tree(table, expected_column).write(file, encoding="utf-8", xml_declaration=True)
     except OSError as err:
         raise InputError(f"{file}: cannot write the report: {err.strerror}") from None
-
-
-def write_reports(
-    table: pa.Table,
-    *,
-    markdown_path: str | Path | None = None,
-    junit_path: str | Path | None = None,
-    json_path: str | Path | None = None,
-    html_path: str | Path | None = None,
-    min_pass_rate: float | None = None,
-    title: str = "prompt-runner report",
-    source: str = "",
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Everything the run loop needs after a scored run: writes the requested reports and
-    returns (stats, threshold messages). ``min_pass_rate`` defaults to the scored one."""
-    from runner.evals.score import check_thresholds
-
-    if min_pass_rate is None:
-        min_pass_rate = score_record(table).get("min_pass_rate")
-    stats = model_stats(table)
-    missed = check_thresholds(table, min_pass_rate) if "passed" in table.column_names else []
-    if markdown_path:
-        write_markdown(stats, markdown_path, missed, title=title, min_pass_rate=min_pass_rate if "passed" in table.column_names else None)
-    if junit_path:
-        write_junit(table, junit_path)
-    if json_path:
-        write_json(stats, json_path, min_pass_rate=min_pass_rate, thresholds_missed=missed)
-    if html_path:
-        from runner.evals.html_report import write_html
-
-        write_html(table, html_path, title=title, source=source)
-    return stats, missed
