@@ -48,7 +48,8 @@
 //! - `stream_as_json`: streaming requests are answered with a whole JSON body, as some gateways
 //!   do.
 //!
-//! **Batch APIs** (`batches/`): OpenAI's `POST /v1/files` (multipart/form-data: `purpose`,
+//! **Batch APIs** (`batches/`; `listen.rs` sends their paths there, every other path to
+//! `server.rs`): OpenAI's `POST /v1/files` (multipart/form-data: `purpose`,
 //! `file`; up to 512 MB), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`, `POST
 //! /v1/batches`, `GET /v1/batches?limit=&after=`, `GET /v1/batches/{id}`, `POST
 //! /v1/batches/{id}/cancel`; Anthropic's `POST /v1/messages/batches`, `GET
@@ -120,6 +121,7 @@ mod config;
 mod delay;
 mod errors;
 mod faults;
+mod listen;
 mod openai;
 mod ratelimit;
 mod reply;
@@ -137,6 +139,7 @@ pub use config::{FaultKind, MockConfig};
 pub use reply::reply_text;
 pub use stats::MockStats;
 
+use batches::Store;
 use server::Shared;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
@@ -179,12 +182,14 @@ impl MockServer {
         };
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, kinds));
+        // The Batch APIs' files and batches, beside `shared`, for the server's life.
+        let store = Arc::new(Store::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let closed = Arc::new((Mutex::new(false), Condvar::new()));
         let task_shared = shared.clone();
         let task_closed = closed.clone();
         rt.spawn(async move {
-            server::serve(listener, task_shared, shutdown_rx).await;
+            listen::serve(listener, task_shared, store, shutdown_rx).await;
             let (done, cv) = &*task_closed;
             *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_all();

@@ -1,7 +1,7 @@
-//! The HTTP side: accept loop, routing, the order of checks, headers, and fault delivery.
+//! The chat and control paths: their routing, the order of checks, headers, and fault
+//! delivery (the accept loop and the Batch API paths are `listen.rs`'s).
 
 use super::anthropic;
-use super::batches::{self, Store};
 use super::body::MockBody;
 use super::config::{FaultKind, MockConfig};
 use super::delay::Delays;
@@ -17,15 +17,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Request bodies above this are refused (413) rather than buffered.
 pub(crate) const MAX_BODY: usize = 32 << 20;
@@ -50,8 +47,6 @@ pub(crate) struct Shared {
     ids: AtomicU64,
     /// System prompts answered so far (hashes, per provider): the prompt cache's contents.
     cached_systems: Mutex<HashSet<u64>>,
-    /// The Batch APIs' files and batches, kept for the server's life (a stats reset keeps them).
-    pub batches: Store,
 }
 
 impl Shared {
@@ -64,7 +59,6 @@ impl Shared {
             id_base: rand::random(),
             ids: AtomicU64::new(0),
             cached_systems: Mutex::new(HashSet::new()),
-            batches: Store::default(),
             stats: Stats::default(),
             config,
         }
@@ -167,56 +161,12 @@ fn api_version(query: Option<&str>) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Accepts connections until `shutdown` turns true, one task per connection.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.keep_alive(true).timer(TokioTimer::new());
-    loop {
-        let stream = tokio::select! {
-            _ = stopped(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    // Typically EMFILE: back off instead of spinning on the error.
-                    tracing::warn!(%err, "mock server: accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        // SSE frames and small bodies must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let mut shutdown = shutdown.clone();
-        let conn = http.serve_connection(
-            TokioIo::new(stream),
-            hyper::service::service_fn(move |req| handle(shared.clone(), req)),
-        );
-        tokio::spawn(async move {
-            // Stopping the server closes open connections at once; dropping `conn` does that.
-            tokio::select! {
-                _ = conn => {}
-                _ = stopped(&mut shutdown) => {}
-            }
-        });
-    }
-}
-
-/// Resolves once the server is stopped (or its handle is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // Drop the borrow guard here: it is not `Send` and must not live across an await.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(drop);
-}
-
-/// One request. An `Err` makes hyper close the connection without a response (the "reset" fault).
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Response<MockBody>> {
-    if let Some(route) = batches::route(req.uri().path()) {
-        return Ok(batches::handle(&shared, route, req).await);
-    }
+/// One request on any path but the Batch APIs' (chat, control, unknown: 404). An `Err` makes
+/// hyper close the connection without a response (the "reset" fault).
+pub(crate) async fn handle_api(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> io::Result<Response<MockBody>> {
     let provider = match req.uri().path() {
         OPENAI_PATH => Provider::OpenAi,
         ANTHROPIC_PATH => Provider::Anthropic,
@@ -238,15 +188,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
             let err = ApiError::NotFound {
                 path: path.to_string(),
             };
-            return Ok(error_response(&shared, Provider::OpenAi, &err, None));
+            return Ok(error_response(shared, Provider::OpenAi, &err, None));
         }
     };
     shared.stats.request(req.uri().path());
     shared.stats.headers(req.headers());
-    match api(&shared, provider, req).await {
+    match api(shared, provider, req).await {
         Ok(resp) => Ok(resp),
         Err(Reject::Api(err, decision)) => {
-            Ok(error_response(&shared, provider, &err, decision.as_ref()))
+            Ok(error_response(shared, provider, &err, decision.as_ref()))
         }
         Err(Reject::Reset) => {
             shared.stats.outcome(Outcome::Reset);

@@ -2,7 +2,9 @@
 //! /v1/messages/batches[/{id}]`, `POST .../cancel`, `GET .../results`.
 
 use super::clock::{Clock, Phase};
-use super::{answer_all, anthropic_error, delay, page, query_param, Answer, Born, Item, Shared};
+use super::{
+    answer_all, anthropic_error, delay, page, query_param, Answer, Born, Item, Shared, Store,
+};
 use crate::mock::server::Provider;
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -85,8 +87,8 @@ fn not_found(id: &str) -> Answer {
 }
 
 /// `GET /v1/messages/batches/{id}`
-pub(super) fn get(shared: &Shared, id: &str, host: &str) -> Answer {
-    let inner = shared.batches.lock();
+pub(super) fn get(store: &Store, id: &str, host: &str) -> Answer {
+    let inner = store.lock();
     match inner.anthropic.iter().find(|b| b.id == id) {
         Some(batch) => Answer::ok(&batch.object(batch.born.elapsed(), host)),
         None => not_found(id),
@@ -94,7 +96,7 @@ pub(super) fn get(shared: &Shared, id: &str, host: &str) -> Answer {
 }
 
 /// `GET /v1/messages/batches?limit=N&after_id=&before_id=`: newest first.
-pub(super) fn list(shared: &Shared, query: Option<&str>, host: &str) -> Answer {
+pub(super) fn list(store: &Store, query: Option<&str>, host: &str) -> Answer {
     let limit = match query_param(query, "limit").map(str::parse::<i64>) {
         None => 20,
         Some(Ok(n)) if (1..=1000).contains(&n) => n as usize,
@@ -104,7 +106,7 @@ pub(super) fn list(shared: &Shared, query: Option<&str>, host: &str) -> Answer {
         query_param(query, "after_id"),
         query_param(query, "before_id"),
     );
-    let inner = shared.batches.lock();
+    let inner = store.lock();
     let ids: Vec<&str> = inner
         .anthropic
         .iter()
@@ -125,8 +127,8 @@ pub(super) fn list(shared: &Shared, query: Option<&str>, host: &str) -> Answer {
 
 /// `POST /v1/messages/batches/{id}/cancel`: `canceling` for a tenth of `batch_seconds`, then
 /// `ended`; requests done by then keep their results, the rest are `canceled`.
-pub(super) fn cancel(shared: &Shared, id: &str, host: &str) -> Answer {
-    let mut inner = shared.batches.lock();
+pub(super) fn cancel(shared: &Shared, store: &Store, id: &str, host: &str) -> Answer {
+    let mut inner = store.lock();
     let Some(batch) = inner.anthropic.iter_mut().find(|b| b.id == id) else {
         return not_found(id);
     };
@@ -148,8 +150,8 @@ pub(super) fn cancel(shared: &Shared, id: &str, host: &str) -> Answer {
 
 /// `GET /v1/messages/batches/{id}/results`: one JSON line per request, in the server's
 /// (shuffled) order, once the batch has ended.
-pub(super) fn results(shared: &Shared, id: &str) -> Answer {
-    let inner = shared.batches.lock();
+pub(super) fn results(store: &Store, id: &str) -> Answer {
+    let inner = store.lock();
     let Some(batch) = inner.anthropic.iter().find(|b| b.id == id) else {
         return not_found(id);
     };
@@ -265,14 +267,14 @@ fn check_create(body: &[u8]) -> Result<Vec<(String, Bytes)>, Answer> {
 
 /// `POST /v1/messages/batches`. Waits `batch_delay_ms`, creates the batch (answering its
 /// requests), waits again, then answers.
-pub(super) async fn create(shared: &Shared, body: &[u8], host: &str) -> Answer {
+pub(super) async fn create(shared: &Shared, store: &Store, body: &[u8], host: &str) -> Answer {
     let requests = match check_create(body) {
         Ok(requests) => requests,
         Err(answer) => return answer,
     };
     delay(shared).await;
     let number = {
-        let mut inner = shared.batches.lock();
+        let mut inner = store.lock();
         inner.created += 1;
         inner.created - 1
     };
@@ -287,7 +289,7 @@ pub(super) async fn create(shared: &Shared, body: &[u8], host: &str) -> Answer {
     };
     shared.stats.batch_created(batch.items.len() as u64);
     let object = batch.object(0.0, host);
-    shared.batches.lock().anthropic.push(batch);
+    store.lock().anthropic.push(batch);
     delay(shared).await;
     Answer::ok(&object)
 }

@@ -1,7 +1,7 @@
 //! OpenAI's Files API, as far as batches need it: upload (multipart/form-data), the file
 //! object, its content. Batch output and error files are stored here too.
 
-use super::{delay, openai_error, unix_now, Answer, Shared};
+use super::{delay, openai_error, unix_now, Answer, Shared, Store};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyStream, Limited};
@@ -56,7 +56,7 @@ pub(super) fn not_found(id: &str) -> Answer {
 
 /// `POST /v1/files`: `purpose` and `file` fields. Waits `batch_delay_ms` before storing the
 /// file and again after.
-pub(super) async fn upload(shared: &Shared, req: Request<Incoming>) -> Answer {
+pub(super) async fn upload(shared: &Shared, store: &Store, req: Request<Incoming>) -> Answer {
     let boundary = req
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -126,7 +126,7 @@ pub(super) async fn upload(shared: &Shared, req: Request<Incoming>) -> Answer {
         data,
     );
     let object = file.object();
-    shared.batches.lock().files.insert(file.id.clone(), file);
+    store.lock().files.insert(file.id.clone(), file);
     shared.stats.file_uploaded();
     delay(shared).await;
     Answer::ok(&object)
@@ -166,8 +166,8 @@ fn first_line_is_json(data: &[u8]) -> bool {
 }
 
 /// `GET /v1/files/{id}`
-pub(super) fn get(shared: &Shared, id: &str) -> Answer {
-    match shared.batches.lock().files.get(id) {
+pub(super) fn get(store: &Store, id: &str) -> Answer {
+    match store.lock().files.get(id) {
         Some(file) => Answer::ok(&file.object()),
         None => not_found(id),
     }
@@ -175,8 +175,8 @@ pub(super) fn get(shared: &Shared, id: &str) -> Answer {
 
 /// `GET /v1/files/{id}/content`: the bytes (a batch's output file exists once the batch has
 /// ended and was looked at).
-pub(super) fn content(shared: &Shared, id: &str) -> Answer {
-    match shared.batches.lock().files.get(id) {
+pub(super) fn content(store: &Store, id: &str) -> Answer {
+    match store.lock().files.get(id) {
         Some(file) => Answer {
             status: 200,
             body: file.bytes.clone(),

@@ -128,7 +128,8 @@ pub(crate) fn route(path: &str) -> Option<Route> {
     None
 }
 
-/// Everything the Batch APIs keep, under one lock (held only for in-memory work).
+/// Everything the Batch APIs keep, under one lock (held only for in-memory work). One per
+/// server, beside its `Shared`, for the server's life (a stats reset keeps it).
 #[derive(Default)]
 pub(crate) struct Store {
     inner: Mutex<Inner>,
@@ -184,9 +185,11 @@ fn anthropic_error(status: u16, kind: &str, message: &str) -> Answer {
 }
 
 /// Serves one Batch API request: method, auth (as on the chat paths: OpenAI `Authorization:
-/// Bearer`, Anthropic `x-api-key` and `anthropic-version`), quota, then the route's handler.
+/// Bearer`, Anthropic `x-api-key` and `anthropic-version`), quota, then the route's handler,
+/// on the files and batches of `store`.
 pub(crate) async fn handle(
     shared: &Shared,
+    store: &Store,
     route: Route,
     req: Request<Incoming>,
 ) -> Response<MockBody> {
@@ -209,29 +212,29 @@ pub(crate) async fn handle(
         .unwrap_or("localhost")
         .to_string();
     let answer = match (route, req.method() == Method::GET) {
-        (Route::Upload, _) => files::upload(shared, req).await,
-        (Route::File(id), _) => files::get(shared, &id),
+        (Route::Upload, _) => files::upload(shared, store, req).await,
+        (Route::File(id), _) => files::get(store, &id),
         (Route::FileContent(id), _) => {
             delay(shared).await;
-            files::content(shared, &id)
+            files::content(store, &id)
         }
-        (Route::OpenAiBatches, true) => openai::list(shared, req.uri().query()),
+        (Route::OpenAiBatches, true) => openai::list(shared, store, req.uri().query()),
         (Route::OpenAiBatches, false) => match read_json(req, super::server::MAX_BODY).await {
-            Ok(body) => openai::create(shared, &body).await,
+            Ok(body) => openai::create(shared, store, &body).await,
             Err(err) => return error_response(shared, provider, &err, None),
         },
-        (Route::OpenAiBatch(id), _) => openai::get(shared, &id),
-        (Route::OpenAiCancel(id), _) => openai::cancel(shared, &id),
-        (Route::AnthropicBatches, true) => anthropic::list(shared, req.uri().query(), &host),
+        (Route::OpenAiBatch(id), _) => openai::get(shared, store, &id),
+        (Route::OpenAiCancel(id), _) => openai::cancel(shared, store, &id),
+        (Route::AnthropicBatches, true) => anthropic::list(store, req.uri().query(), &host),
         (Route::AnthropicBatches, false) => match read_json(req, anthropic::MAX_BYTES).await {
-            Ok(body) => anthropic::create(shared, &body, &host).await,
+            Ok(body) => anthropic::create(shared, store, &body, &host).await,
             Err(err) => return error_response(shared, provider, &err, None),
         },
-        (Route::AnthropicBatch(id), _) => anthropic::get(shared, &id, &host),
-        (Route::AnthropicCancel(id), _) => anthropic::cancel(shared, &id, &host),
+        (Route::AnthropicBatch(id), _) => anthropic::get(store, &id, &host),
+        (Route::AnthropicCancel(id), _) => anthropic::cancel(shared, store, &id, &host),
         (Route::AnthropicResults(id), _) => {
             delay(shared).await;
-            anthropic::results(shared, &id)
+            anthropic::results(store, &id)
         }
     };
     respond(shared, provider, answer)

@@ -4,7 +4,7 @@
 use super::clock::{Clock, Phase};
 use super::files::{self, File};
 use super::{
-    answer_all, delay, openai_error, page, query_param, Answer, Born, Inner, Item, Shared,
+    answer_all, delay, openai_error, page, query_param, Answer, Born, Inner, Item, Shared, Store,
 };
 use crate::mock::server::Provider;
 use bytes::Bytes;
@@ -150,8 +150,8 @@ fn not_found(id: &str) -> Answer {
 }
 
 /// The batch `id`'s object (settled), or its 404.
-pub(super) fn get(shared: &Shared, id: &str) -> Answer {
-    let mut inner = shared.batches.lock();
+pub(super) fn get(shared: &Shared, store: &Store, id: &str) -> Answer {
+    let mut inner = store.lock();
     let Inner { files, openai, .. } = &mut *inner;
     match openai.iter_mut().find(|b| b.id == id) {
         Some(batch) => {
@@ -163,7 +163,7 @@ pub(super) fn get(shared: &Shared, id: &str) -> Answer {
 }
 
 /// `GET /v1/batches?limit=N&after=ID`: newest first.
-pub(super) fn list(shared: &Shared, query: Option<&str>) -> Answer {
+pub(super) fn list(shared: &Shared, store: &Store, query: Option<&str>) -> Answer {
     let limit = match query_param(query, "limit").map(str::parse::<i64>) {
         None => 20,
         Some(Ok(n)) if (1..=100).contains(&n) => n as usize,
@@ -177,7 +177,7 @@ pub(super) fn list(shared: &Shared, query: Option<&str>) -> Answer {
         }
     };
     let after = query_param(query, "after");
-    let mut inner = shared.batches.lock();
+    let mut inner = store.lock();
     let Inner { files, openai, .. } = &mut *inner;
     let ids: Vec<String> = openai.iter().rev().map(|b| b.id.clone()).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -197,8 +197,8 @@ pub(super) fn list(shared: &Shared, query: Option<&str>) -> Answer {
 
 /// `POST /v1/batches/{id}/cancel`: `cancelling` (for a tenth of `batch_seconds`), then
 /// `cancelled`. A cancelled or cancelling batch is returned as it is; an ended one is a 409.
-pub(super) fn cancel(shared: &Shared, id: &str) -> Answer {
-    let mut inner = shared.batches.lock();
+pub(super) fn cancel(shared: &Shared, store: &Store, id: &str) -> Answer {
+    let mut inner = store.lock();
     let Some(batch) = inner.openai.iter_mut().find(|b| b.id == id) else {
         return not_found(id);
     };
@@ -231,7 +231,7 @@ struct CreateRequest {
     metadata: Value,
 }
 
-fn check_create(shared: &Shared, body: &[u8]) -> Result<(CreateRequest, Bytes), Answer> {
+fn check_create(store: &Store, body: &[u8]) -> Result<(CreateRequest, Bytes), Answer> {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
         return Err(openai_error(
             400,
@@ -306,7 +306,7 @@ fn check_create(shared: &Shared, body: &[u8]) -> Result<(CreateRequest, Bytes), 
             ))
         }
     };
-    let inner = shared.batches.lock();
+    let inner = store.lock();
     let Some(file) = inner.files.get(&input_file_id) else {
         return Err(files::not_found(&input_file_id));
     };
@@ -523,14 +523,14 @@ fn check_line(
 /// `POST /v1/batches`. The checks refuse at once (400, 404); the input file's lines are
 /// validated as part of the batch (it fails after validating). Waits `batch_delay_ms`, creates
 /// the batch (answering its requests), waits again, then answers.
-pub(super) async fn create(shared: &Shared, body: &[u8]) -> Answer {
-    let (request, data) = match check_create(shared, body) {
+pub(super) async fn create(shared: &Shared, store: &Store, body: &[u8]) -> Answer {
+    let (request, data) = match check_create(store, body) {
         Ok(checked) => checked,
         Err(answer) => return answer,
     };
     delay(shared).await;
     let number = {
-        let mut inner = shared.batches.lock();
+        let mut inner = store.lock();
         inner.created += 1;
         inner.created - 1
     };
@@ -559,7 +559,7 @@ pub(super) async fn create(shared: &Shared, body: &[u8]) -> Answer {
     };
     shared.stats.batch_created(batch.items.len() as u64);
     let object = batch.object(0.0);
-    shared.batches.lock().openai.push(batch);
+    store.lock().openai.push(batch);
     delay(shared).await;
     Answer::ok(&object)
 }
