@@ -352,3 +352,19 @@ def test_a_job_file_limits_mode_and_the_python_api(tmp_path: Path) -> None:
     assert frame.height == 5 and frame["batch_id"].null_count() == 0 and (frame["status"] == "ok").all()
     with pytest.raises(TypeError, match="--no-wait"):
         runner.run(str(data), provider="mock", batch_api=True, wait=False)
+
+
+def test_sigterm_while_waiting_leaves_the_batch_to_resume(tmp_path: Path) -> None:
+    server = mock(batch_seconds=3.0)
+    data, out = dataset(tmp_path, 10), tmp_path / "out.parquet"
+    env = provider_env(server, "anthropic")
+    proc = spawn(*run_args(server, "anthropic", data, out), env=env)
+    _wait_for(lambda: any(r["state"] == "submitted" for r in _records(out)), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "the batches go on at the provider" in err and "prompt-runner resume" in err
+    r = cli("resume", str(out), env=env)
+    assert r.code == 0, r.stderr
+    check_complete(out, 10)
+    assert batch_stats(server)["batches_created"] == 1
