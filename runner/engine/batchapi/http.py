@@ -108,7 +108,8 @@ def error_text(response: httpx.Response) -> str:
         return response.text[:300]
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
-        inner = error.get("error") if isinstance(error.get("error"), dict) else error
+        nested = error.get("error")
+        inner: dict[str, Any] = nested if isinstance(nested, dict) else error
         return str(inner.get("message") or json.dumps(inner))[:300]
     return json.dumps(body)[:300]
 

@@ -203,7 +203,8 @@ class AnthropicBatches:
                     yield custom_id, 200, json.dumps(result.get("message")), None, None
                 elif kind == "errored":
                     error = result.get("error") or {}
-                    inner = error.get("error") if isinstance(error.get("error"), dict) else error
+                    nested = error.get("error")
+                    inner: dict[str, Any] = nested if isinstance(nested, dict) else error
                     yield custom_id, ANTHROPIC_STATUS.get(str(inner.get("type")), 500), json.dumps(error), None, None
                 elif kind == "expired":
                     yield custom_id, None, None, "expired", "the batch expired before this request ran"
