@@ -98,7 +98,7 @@ class _Batches:
 
     def __exit__(self, *exc: object) -> None:
         for client in self.clients.values():
-            client.http.close()  # type: ignore[attr-defined]
+            client.http.close()
         if self.cache is not None:
             self.cache.close()
 

@@ -61,8 +61,9 @@ Result = tuple[str, int | None, str | None, str | None, str | None]
 
 
 class Provider(Protocol):
-    max_requests: int
-    max_bytes: int
+    """One provider's Batch API (its limits per batch are in `plan.LIMITS`)."""
+
+    http: Http
 
     def line(self, custom_id: str, body: str) -> str: ...
     def create(self, name: str, lines: list[str], tag: dict[str, str], uploaded: Callable[[str], None], file_id: str | None) -> Batch: ...
@@ -75,8 +76,6 @@ class Provider(Protocol):
 class OpenAIBatches:
     """`POST /files` (purpose batch), then `POST /batches` with the run's tag as metadata."""
 
-    max_requests = 50_000
-    max_bytes = 200 * 1024 * 1024
     endpoint = "/v1/chat/completions"
 
     def __init__(self, http: Http) -> None:
@@ -152,9 +151,6 @@ class OpenAIBatches:
 
 class AnthropicBatches:
     """`POST /v1/messages/batches`; no metadata, so a lost batch is found by its size and time."""
-
-    max_requests = 100_000
-    max_bytes = 256 * 1024 * 1024
 
     def __init__(self, http: Http) -> None:
         self.http = http
