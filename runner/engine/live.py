@@ -38,7 +38,9 @@ class LiveEngine:
         to_send = grand_total - sum(1 for r in run.settled if r < grand_total)
         if len(run.lanes) == 1 and run.streamable:  # a matrix's rows finish lane by lane out of order: it compacts
             run_dir.stream_output(grand_total)
-        cache = _open_cache(o.cache)
+        from runner.store.cache import open_cache
+
+        cache = open_cache(o.cache)
         lanes = [
             LaneRun(lane, o, run.paths, run.request, run.total, ep, run.run_id, cache, run.schemas)
             for lane, ep in zip(run.lanes, run.endpoints)
@@ -134,14 +136,6 @@ class LiveEngine:
         elif over_budget:
             outcome.stop, outcome.message = Stop.BUDGET, "stopped at the budget"
         return outcome
-
-
-def _open_cache(wanted: bool) -> Any:
-    if not wanted:
-        return None
-    from runner.store.cache import ResponseCache
-
-    return ResponseCache.open()
 
 
 def _progress(progress: Progress, lanes: list[LaneRun]) -> None:

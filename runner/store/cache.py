@@ -266,6 +266,11 @@ class ResponseCache:
             self._conn.close()
 
 
+def open_cache(wanted: bool) -> ResponseCache | None:
+    """The user's response cache when the run asks for it (`--cache`), else None."""
+    return ResponseCache.open() if wanted else None
+
+
 def hits_table(rows: Sequence[int], keys: Sequence[str], hits: dict[str, dict[str, Any]]) -> pa.Table:
     """Cache hits as result rows (`runner.schema.RESULT_SCHEMA`). ``rows`` are the row positions
     of ``keys``; only keys found in ``hits`` become rows. Timestamps are now, latency 0,

@@ -32,6 +32,7 @@ from runner.engine.pricing import BATCH_DISCOUNT
 from runner.engine.request import resolve_headers
 from runner.engine.shutdown import on_stop_signals
 from runner.schema import META_CONFIG, META_SUMMARY
+from runner.store.cache import open_cache
 from runner.store.ledger import ABANDONED, COLLECTED, INTENT, SUBMITTED, BatchRecord, Ledger, custom_id, row_of
 
 __all__ = ["BatchEngine", "provider_for"]
@@ -88,7 +89,7 @@ class _Batches:
             self.inputs[lane.index] = LaneInput(lane_run)
             self.clients[lane.index] = provider_for(ep, headers)
             self.wires[lane.index] = ep.wire
-        self.cache = _open_cache(self.spec.cache)
+        self.cache = open_cache(self.spec.cache)
         self.interrupted = threading.Event()
         self.started = time.monotonic()
         self.shown: dict[str, tuple[str, int]] = {}
@@ -440,11 +441,3 @@ def _missing(batch: Batch) -> tuple[Any, ...]:
     if batch.status == "failed":
         return (400, None, "bad_request", f"the batch failed validation: {batch.errors or 'no reason given'}")
     return (None, None, "invalid_response", f"missing from the results of batch {batch.id}")
-
-
-def _open_cache(wanted: bool) -> Any:
-    if not wanted:
-        return None
-    from runner.store.cache import ResponseCache
-
-    return ResponseCache.open()
