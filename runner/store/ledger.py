@@ -71,21 +71,28 @@ class BatchRecord:
 
 
 class Ledger:
-    """The records of one run directory."""
+    """The records of one run directory, read once: the run holding the directory's lock is
+    the only writer, and every change goes through `save`."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "batches"
+        self._records: dict[str, BatchRecord] | None = None
 
     def records(self) -> list[BatchRecord]:
+        if self._records is None:
+            self._records = {r.key: r for r in self._read()}
+        return sorted(self._records.values(), key=lambda r: r.key)
+
+    def _read(self) -> list[BatchRecord]:
         if not self.path.is_dir():
             return []
         out = []
-        for file in sorted(self.path.glob("*.json")):
+        for file in self.path.glob("*.json"):
             try:
                 out.append(BatchRecord(**json.loads(file.read_text())))
             except (OSError, ValueError, TypeError):
                 continue  # a record is only ever replaced whole; an unreadable one is not ours
-        return sorted(out, key=lambda r: r.key)
+        return out
 
     def next_key(self, lane: int) -> str:
         taken = [r.key for r in self.records() if r.lane == lane]
@@ -98,6 +105,8 @@ class Ledger:
             write_json_atomic(asdict(record), self.path / f"{record.key}.json")
         except OSError as err:
             raise OutputError(f"{self.path}: cannot record batch {record.key}: {oserror_text(err)}") from None
+        if self._records is not None:
+            self._records[record.key] = record
 
     def open_batches(self) -> list[BatchRecord]:
         """Records whose batch exists, or may exist, at the provider and is not collected."""
