@@ -115,10 +115,14 @@ class RunSpec:
                 rpm=spec["rpm"] if spec.get("rpm") is not None else self.rpm,
                 tpm=spec["tpm"] if spec.get("tpm") is not None else self.tpm,
                 params={**self.file_params(spec["provider"]), **self.params, **(spec.get("params") or {})},
-                batch=(spec.get("mode") or ("batch" if self.batch_api else "live")) == "batch",
+                batch=self._batched(spec),
             )
             for i, spec in enumerate(specs)
         ]
+
+    def _batched(self, model: dict[str, Any]) -> bool:
+        """Whether a model goes through its provider's Batch API: its own `mode`, else the run's."""
+        return (model.get("mode") or ("batch" if self.batch_api else "live")) == "batch"
 
     def file_params(self, provider: str) -> dict[str, Any]:
         """The body fields the `--response-format` and `--tools` files give."""
@@ -171,7 +175,7 @@ class RunSpec:
     def _check_batch(self) -> None:
         """What a Batch API run cannot honour is refused, not ignored."""
         specs = self.models or [{"provider": self.provider, "model": self.model}]
-        batched = [s for s in specs if (s.get("mode") or ("batch" if self.batch_api else "live")) == "batch"]
+        batched = [s for s in specs if self._batched(s)]
         if self.batch_size is not None and not 1 <= self.batch_size <= 100_000:
             raise InputError(f"--batch-size: must be 1 to 100000 (the providers' limits), got {self.batch_size}")
         if self.fallback not in (None, "live"):
