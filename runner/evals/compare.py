@@ -198,6 +198,21 @@ def _side(side: dict[str, Any] | None) -> str:
     return ("✓ " if side["passed"] else "✗ ") + _md(side["output"])
 
 
+def _model_cells(m: dict[str, Any]) -> dict[str, str]:
+    """A model's figures as table cells (baseline → new, and the deltas), in the tables' order."""
+    return {
+        "rows": f"{m['rows_baseline']:,} → {m['rows_new']:,}",
+        "rate": f"{_pct(m['pass_rate_baseline'])} → {_pct(m['pass_rate_new'])}",
+        "rate_delta": _signed(m["pass_rate_delta"], ".1f", 100) + (" pp" if m["pass_rate_delta"] is not None else ""),
+        "cost": f"{_usd(m['cost_usd_baseline'])} → {_usd(m['cost_usd_new'])}",
+        "cost_delta": _signed(m["cost_usd_delta"], ",.6f"),
+        "p50": f"{_ms(m['latency_p50_ms_baseline'])} → {_ms(m['latency_p50_ms_new'])}",
+        "p50_delta": _signed(m["latency_p50_ms_delta"], ",.0f"),
+        "p95": f"{_ms(m['latency_p95_ms_baseline'])} → {_ms(m['latency_p95_ms_new'])}",
+        "p95_delta": _signed(m["latency_p95_ms_delta"], ",.0f"),
+    }
+
+
 def markdown(c: Comparison, limit: int = MARKDOWN_ROWS) -> str:
     """The comparison as Markdown: a heading, the counts, a table per model, and the rows of
     each kind (at most ``limit`` per kind)."""
@@ -216,18 +231,7 @@ def markdown(c: Comparison, limit: int = MARKDOWN_ROWS) -> str:
     ]
     for m in c.models:
         lines.append(
-            "| " + " | ".join([
-                f"`{_md(m['model'], 60)}`" if m["model"] else "(no model)",
-                f"{m['rows_baseline']:,} → {m['rows_new']:,}",
-                f"{_pct(m['pass_rate_baseline'])} → {_pct(m['pass_rate_new'])}",
-                _signed(m["pass_rate_delta"], ".1f", 100) + (" pp" if m["pass_rate_delta"] is not None else ""),
-                f"{_usd(m['cost_usd_baseline'])} → {_usd(m['cost_usd_new'])}",
-                _signed(m["cost_usd_delta"], ",.6f"),
-                f"{_ms(m['latency_p50_ms_baseline'])} → {_ms(m['latency_p50_ms_new'])}",
-                _signed(m["latency_p50_ms_delta"], ",.0f"),
-                f"{_ms(m['latency_p95_ms_baseline'])} → {_ms(m['latency_p95_ms_new'])}",
-                _signed(m["latency_p95_ms_delta"], ",.0f"),
-            ]) + " |"
+            "| " + " | ".join([f"`{_md(m['model'], 60)}`" if m["model"] else "(no model)", *_model_cells(m).values()]) + " |"
         )
     for kind in KINDS:
         rows = getattr(c, kind)
@@ -303,16 +307,8 @@ def print_comparison(c: Comparison) -> None:
     for name in ("model", "rows", rate, f"Δ {rate}", "cost", "Δ cost", "p50 ms", "p95 ms"):
         grid.add_column(name, justify="left" if name == "model" else "right")
     for m in c.models:
-        grid.add_row(
-            rich_escape(m["model"] or "(no model)"),
-            f"{m['rows_baseline']:,} → {m['rows_new']:,}",
-            f"{_pct(m['pass_rate_baseline'])} → {_pct(m['pass_rate_new'])}",
-            _signed(m["pass_rate_delta"], ".1f", 100) + (" pp" if m["pass_rate_delta"] is not None else ""),
-            f"{_usd(m['cost_usd_baseline'])} → {_usd(m['cost_usd_new'])}",
-            _signed(m["cost_usd_delta"], ",.6f"),
-            f"{_ms(m['latency_p50_ms_baseline'])} → {_ms(m['latency_p50_ms_new'])}",
-            f"{_ms(m['latency_p95_ms_baseline'])} → {_ms(m['latency_p95_ms_new'])}",
-        )
+        cells = _model_cells(m)
+        grid.add_row(rich_escape(m["model"] or "(no model)"), *(cells[k] for k in ("rows", "rate", "rate_delta", "cost", "cost_delta", "p50", "p95")))
     console = Console(file=sys.stdout, width=140)
     console.print(grid)
     counts = c.counts()
