@@ -273,13 +273,7 @@ pub(super) async fn create(shared: &Shared, store: &Store, body: &[u8], host: &s
         Err(answer) => return answer,
     };
     delay(shared).await;
-    let number = {
-        let mut inner = store.lock();
-        inner.created += 1;
-        inner.created - 1
-    };
-    let expiring =
-        (number < shared.config.batch_expire_first).then_some(shared.config.batch_expire_fraction);
+    let (number, expiring) = store.count_created(shared);
     let items = answer_all(shared, Provider::Anthropic, requests, number);
     let batch = Batch {
         id: format!("msgbatch_{}", shared.next_id()),

@@ -148,6 +148,21 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Counts a new batch (either provider): its number from 0, and the share of its requests
+    /// done when it expires, if it is one of the first `batch_expire_first`.
+    fn count_created(&self, shared: &Shared) -> (u32, Option<f64>) {
+        let number = {
+            let mut inner = self.lock();
+            inner.created += 1;
+            inner.created - 1
+        };
+        let config = &shared.config;
+        (
+            number,
+            (number < config.batch_expire_first).then_some(config.batch_expire_fraction),
+        )
+    }
 }
 
 /// What a handler answers: a status, a body and its content type.
