@@ -164,13 +164,7 @@ class _Batches:
                 self.ledger.update(record, state=SUBMITTED, batch_id=found.id, how="found", status=found.status)
                 self.reporter.say(f"batch {record.key}: found {found.id}, created before the last run stopped; not submitted again")
                 continue
-            lane_input = self.inputs[record.lane]
-            rows: list[int] = []
-            lines: list[str] = []
-            for piece in lane_input.slices(set(record.rows)):
-                for row, (body, _) in zip(piece.rows, lane_input.bodies(piece.payloads)):
-                    rows.append(row)
-                    lines.append(client.line(custom_id(row), body))
+            _, lines = self._lines(record.lane, set(record.rows), from_cache=False)
             self._create(record, lines)
 
     def _submit_new(self) -> str | None:
@@ -181,20 +175,11 @@ class _Batches:
         committed = run.spent + sum(r.estimate for r in self.ledger.records() if r.open)
         skip = run.skip | held | (set(run.recovered.column("_row").to_pylist()) if run.recovered is not None else set())
         for lane in self.lanes:
-            lane_input, client = self.inputs[lane.index], self.clients[lane.index]
             max_requests, max_bytes = plan.limits(self.wires[lane.index], o.batch_size)
             wanted = {r for r in range(lane.index * run.total, (lane.index + 1) * run.total) if r not in skip}
             if not wanted:
                 continue
-            rows: list[int] = []
-            lines: list[str] = []
-            chars = 0
-            for piece in lane_input.slices(wanted):
-                piece_rows, payloads = self._from_cache(lane.index, piece)
-                for row, (body, _) in zip(piece_rows, lane_input.bodies(payloads)):
-                    rows.append(row)
-                    lines.append(client.line(custom_id(row), body))
-                    chars += len(body)
+            rows, lines = self._lines(lane.index, wanted, from_cache=True)
             for part in plan.split(rows, lines, max_requests, max_bytes):
                 cost = plan.estimate(lane.model, o.prices, sum(len(line) for line in part.lines), len(part.rows), o.max_tokens) or 0.0
                 if o.max_cost is not None and committed + cost > o.max_cost:
@@ -208,6 +193,19 @@ class _Batches:
                 self.ledger.save(record)  # the intent, durable before anything can create the batch
                 self._create(record, part.lines)
         return None
+
+    def _lines(self, lane_index: int, wanted: set[int], from_cache: bool) -> tuple[list[int], list[str]]:
+        """The Batch API lines of a lane's `wanted` rows, in input order, with their rows; with
+        `from_cache`, rows the cache answers go to a part instead."""
+        lane_input, client = self.inputs[lane_index], self.clients[lane_index]
+        rows: list[int] = []
+        lines: list[str] = []
+        for piece in lane_input.slices(wanted):
+            piece_rows, payloads = self._from_cache(lane_index, piece) if from_cache else (piece.rows, piece.payloads)
+            for row, (body, _) in zip(piece_rows, lane_input.bodies(payloads)):
+                rows.append(row)
+                lines.append(client.line(custom_id(row), body))
+        return rows, lines
 
     def _create(self, record: BatchRecord, lines: list[str]) -> None:
         client = self.clients[record.lane]

@@ -176,9 +176,9 @@ class AnthropicBatches:
                 if batch.created_at < since - CLOCK_SKEW:
                     older = True
                     break
-                if batch.total == count and batch.id not in claimed:
-                    if best is None or abs(batch.created_at - since) < abs(best.created_at - since):
-                        best = batch
+                closer = best is None or abs(batch.created_at - since) < abs(best.created_at - since)
+                if batch.total == count and batch.id not in claimed and closer:
+                    best = batch
             if older or not page.get("has_more") or not data:
                 return best
             after = page.get("last_id") or data[-1]["id"]
