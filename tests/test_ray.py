@@ -39,10 +39,10 @@ def cluster():
     ray.shutdown()
 
 
-def ray_run(path: Path, out: Path, server, **options):
+def ray_run(path: Path, out: Path, server, model: str = "m", **options):
     import runner.ray
 
-    return runner.ray.run(str(path), "openai", "m", output=out, api_base=base_for(server, "openai"),
+    return runner.ray.run(str(path), "openai", model, output=out, api_base=base_for(server, "openai"),
                           shards=4, api_key_env="MOCK_KEY", progress=False, **options)
 
 
@@ -64,6 +64,42 @@ def test_the_pool_never_leases_more_than_the_limit_and_a_dead_shards_share_comes
     assert pool.lease(0, "c", stated_rpm=300)[0] == pytest.approx(5.0)  # the server's lower limit wins
 
 
+def test_the_pool_learns_a_limit_nobody_states_from_every_shards_answers() -> None:
+    pool = PermitPool([(None, None)])
+    t = 1_000_000.0  # the shards' clock (seconds): reports carry their own times
+    holders = "abcd"
+    assert pool.lease(0, "a", until=t)[0] == -1.0  # no limit known: unpaced
+
+    def renew(answers: int, limited: int, last: tuple[int, int] | None = None) -> list[float]:
+        """Every holder renews a quarter second later with what it counted meanwhile (the last
+        one: `last`, if given)."""
+        nonlocal t
+        t += 0.25
+        counts = [(answers, limited)] * 3 + [last or (answers, limited)]
+        return [pool.lease(0, h, answers=[(t - 0.2, *c)], until=t)[0] for h, c in zip(holders, counts)]
+
+    # 15 answers a quarter second each, 10 of them 429s: the server accepts 4 x 5 a quarter
+    # second, 80 a second, however many the shards send.
+    for _ in range(12):
+        renew(15, 10)
+        learned = pool.state()["models"][0]["learned_rps"]
+        if learned is not None:
+            break
+    assert learned is not None and 0.8 * 80 <= learned <= 80, learned
+    # The last holder's report completed the bin that cut the pace, and it got its lease at the
+    # new pace; the others learn of the cut at their next renewal, and the 429s they report then
+    # were taken on the old pace: left out, they do not trim the pace the cut set.
+    renew(15, 10, last=(10, 0))
+    paces = []
+    for _ in range(12):  # past the cut's 2 s test
+        shares = renew(10, 0)
+        paces.append(pool.state()["models"][0]["learned_rps"])
+    assert min(paces) >= learned, paces
+    assert sum(shares) <= pool.state()["models"][0]["learned_rps"] + 1e-9 and min(shares) > 0
+    # A limit the server states takes precedence over the learned one.
+    assert pool.lease(0, "a", stated_rpm=600)[0] <= 10.0
+
+
 def test_two_attempts_of_a_shard_never_both_write(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path / "out.parquet")
     run_dir.parts.mkdir(parents=True)
@@ -73,11 +109,22 @@ def test_two_attempts_of_a_shard_never_both_write(tmp_path: Path) -> None:
     run_dir.append(pa.table({"_row": [0], "status": ["ok"]}))
     run_dir.flush()
     assert len(run_dir.readable_parts()) == 1
-    new.claim()  # Ray started another attempt while the old one still runs
+    # Ray starts another attempt while the old one is writing its next part: the old one checks
+    # once the part is durable under a temporary name, just before the rename, and drops it.
+    pending: list[list[str]] = []
+
+    def check_late() -> None:
+        pending.append([p.name for p in run_dir.parts.iterdir() if ".tmp-" in p.name])
+        new.claim()
+        old.check()
+
+    run_dir.guard = check_late
     run_dir.append(pa.table({"_row": [1], "status": ["ok"]}))
     with pytest.raises(RunnerError, match="another attempt of this shard"):
         run_dir.flush()
-    assert len(run_dir.readable_parts()) == 1  # the old attempt wrote nothing more
+    assert [len(tmp) for tmp in pending] == [1] and pending[0][0].startswith(".part-")  # written before the check
+    assert len(run_dir.readable_parts()) == 1  # the old attempt put nothing more in place ...
+    assert not [p for p in run_dir.parts.iterdir() if ".tmp-" in p.name]  # ... nor left anything
     new.check()
 
 
@@ -122,6 +169,55 @@ def test_the_shards_together_run_at_the_limit(cluster, tmp_path: Path) -> None:
           f"({rate / limit:.1%} of the limit), {limited} 429s of {s['requests']} requests")
     assert rate >= 0.9 * limit
     assert limited <= 0.01 * s["requests"]
+
+
+def test_the_shards_learn_a_limit_the_server_does_not_state_together(cluster, tmp_path: Path) -> None:
+    # No --rpm and no rate-limit headers: the pace is learned from the 429s of all the shards at
+    # once (the pool's learner), not by each shard from its own, which left 4 shards at a fifth
+    # to a third of the limit.
+    limit = 40
+    rows = 1200
+    server = mock(rate_limit_rps=limit, rate_limit_headers=False)
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": t} for t in texts(rows)])
+    df = ray_run(path, tmp_path / "out.parquet", server, concurrency=16)
+    assert (df["status"] == "ok").all()
+    s = stats(server)
+    limited = s["by_status"].get("429", 0)
+    span = (df["finished_at"].max() - df["started_at"].min()).total_seconds()  # type: ignore[operator]
+    rate = rows / span
+    print(f"\n4 shards, unstated limit {limit}/s, no --rpm: {rate:.1f} requests/s over {span:.1f} s "
+          f"({rate / limit:.1%} of the limit), {limited} 429s of {s['requests']} requests "
+          f"({limited / s['requests']:.1%})")
+    assert rate >= 0.85 * limit
+    # Most 429s come in the first second and a half, while the 4 windows of 16 (and their
+    # retries) go unpaced and the pace is being learned; a single process with a window of 64
+    # had 6.4 % on this server, each shard learning on its own 14.7 %.
+    assert limited <= 0.15 * s["requests"]
+
+
+def test_max_cost_is_the_runs_budget_not_a_share_per_shard(cluster, tmp_path: Path) -> None:
+    from runner.engine.shard import shard_of
+
+    # Shard 0's rows are long (~$0.0002 each with gpt-4o-mini's prices), the others' short
+    # (~$0.000004): a fixed quarter of the budget would stop shard 0 after a handful of rows
+    # while the others leave theirs unspent. One budget lets shard 0 spend what they leave.
+    server = mock(latency_ms=100)
+    long = " ".join(["word"] * 300)
+    rows = [{"id": f"q{i}", "prompt": f"{long} {i}" if shard_of(f"q{i}", 4) == 0 else f"short {i}"} for i in range(200)]
+    expensive = sum(1 for r in rows if shard_of(r["id"], 4) == 0)
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.parquet"
+    budget = 0.006
+    with pytest.raises(RunnerError, match="budget"):
+        ray_run(path, out, server, concurrency=2, model="gpt-4o-mini", max_cost=budget)
+    shards = sorted((tmp_path / "out.parquet.shards").glob("shard-*-of-4.parquet"))
+    df = pl.concat([read_output(p) for p in shards], how="diagonal_relaxed")
+    spent = df["cost_usd"].sum()
+    long_done = df.filter(pl.col("prompt").str.len_chars() > 1000).height
+    print(f"\nbudget ${budget}: ${spent:.5f} spent, {long_done} of {expensive} long rows, {df.height} rows")
+    assert long_done >= 15  # a quarter of the budget pays for about 7
+    # Held to the budget, give or take the requests on the wire when it was reached.
+    assert 0.8 * budget <= spent <= budget + 4 * 2 * 0.00025
 
 
 def test_a_shard_worker_killed_with_sigkill_is_retried_as_a_resume(cluster, tmp_path: Path) -> None:

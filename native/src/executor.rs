@@ -357,6 +357,11 @@ impl Executor {
             .grant(requests_per_second, tokens_per_second, seconds)
     }
 
+    /// Answers and 429s since the last call, for a pace learned outside (a `granted` run).
+    pub fn take_answers(&self) -> (u64, u64) {
+        self.shared.limiter.take_answers()
+    }
+
     fn stop_reason(&self) -> String {
         self.fatal_error()
             .unwrap_or_else(|| "the run was cancelled".to_string())

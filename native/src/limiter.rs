@@ -155,6 +155,15 @@ impl Limiter {
         }
     }
 
+    /// The answers (and 429s among them) counted for a learned pace since the last call, for a
+    /// leased limiter, whose pace is learned outside from all the sharers' answers; a limiter of
+    /// its own hands them to its learner instead (then this returns what is not handed yet).
+    pub fn take_answers(&self) -> (u64, u64) {
+        let answers = self.unseen.swap(0, Ordering::Relaxed);
+        let limited = self.unseen_limited.swap(0, Ordering::Relaxed).min(answers);
+        (answers, limited)
+    }
+
     /// A slot in the concurrency window; held for the whole life of a row, retries included.
     pub async fn acquire_slot(&self) -> Slot {
         self.slots
@@ -224,6 +233,11 @@ impl Limiter {
         self.unseen.fetch_add(1, Ordering::Relaxed);
         if response.answer == Answer::RateLimited {
             self.unseen_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.lease.is_some() {
+            // One of several processes sharing a limit: the pace is learned for all of them
+            // from everybody's answers (`take_answers`), and comes back in the leases.
+            return;
         }
         let now = Instant::now();
         let at = now.saturating_duration_since(self.born).as_nanos() as u64;
@@ -349,9 +363,15 @@ impl Lease {
         };
         {
             let mut s = self.state.lock().unwrap();
-            s.requests = if requests.is_nan() { 0.0 } else { requests };
-            s.tokens = if tokens.is_nan() { 0.0 } else { tokens };
-            s.until = Instant::now() + Duration::from_secs_f64(seconds);
+            let now = Instant::now();
+            let (requests, tokens) = (lease_rate(requests), lease_rate(tokens));
+            // What the last request booked at the old rates is owed at the new ones: a request
+            // booked on a tiny share must not hold every later, larger lease back.
+            s.next_request = rebase(s.next_request, now, s.requests, requests);
+            s.next_token = rebase(s.next_token, now, s.tokens, tokens);
+            s.requests = requests;
+            s.tokens = tokens;
+            s.until = now + Duration::from_secs_f64(seconds);
         }
         self.renewed.notify_waiters();
     }
@@ -399,6 +419,31 @@ impl Lease {
             }
         }
     }
+}
+
+/// A leased rate as booked: below [`MIN_LEASE_RATE`] (or not a number) it is 0, wait.
+fn lease_rate(rate: f64) -> f64 {
+    if rate.is_nan() || (0.0..MIN_LEASE_RATE).contains(&rate) {
+        0.0
+    } else {
+        rate
+    }
+}
+
+/// The slowest leased rate that is booked (a request a thousand seconds); slower is a wait.
+const MIN_LEASE_RATE: f64 = 1e-3;
+
+/// The next free time `next`, booked at rate `old`, moved to what the same debt takes at `new`.
+fn rebase(next: Instant, now: Instant, old: f64, new: f64) -> Instant {
+    if next <= now || old <= 0.0 {
+        return next;
+    }
+    if new <= 0.0 {
+        // Not limited any more, or a wait: the debt is forgiven, or kept for a later lease.
+        return if new < 0.0 { now } else { next };
+    }
+    let debt = next.saturating_duration_since(now).as_secs_f64() * old;
+    now + Duration::from_secs_f64(debt / new)
 }
 
 #[cfg(test)]
@@ -545,6 +590,55 @@ mod tests {
         );
         // A limiter of its own takes no lease.
         assert!(!Limiter::new(1, None, None).grant(1.0, 1.0, 1.0));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_booked_on_a_tiny_share_does_not_hold_back_the_next_leases() {
+        let limiter = Limiter::new(4, None, None).leased(true);
+        // A share of 0.01 a second (the pool's leftover while others shrink): the request goes
+        // at once and the next would be 100 s later ...
+        limiter.grant(0.01, -1.0, 1.0);
+        tokio::time::timeout(Duration::from_millis(100), limiter.wait_turn(1))
+            .await
+            .expect("the first request of a lease goes at once");
+        // ... but the next lease is the fair share: that debt is 10 ms at 100 a second.
+        limiter.grant(100.0, -1.0, 1.0);
+        tokio::time::timeout(Duration::from_millis(100), limiter.wait_turn(1))
+            .await
+            .expect("held back by a request booked on the tiny share");
+        // A share too small to book is a wait, not a request centuries later.
+        limiter.grant(1e-300, -1.0, 1.0);
+        let waited = tokio::time::timeout(Duration::from_millis(100), limiter.wait_turn(1)).await;
+        assert!(waited.is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_leased_limiter_counts_its_answers_for_the_pool_and_learns_no_pace_of_its_own() {
+        let leased = Limiter::new(4, None, None).leased(true);
+        let own = Limiter::new(4, None, None);
+        // Two seconds of answers, half of them 429s: a limiter of its own learns a pace ...
+        for i in 0..800u64 {
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let kind = if i % 2 == 0 {
+                Answer::Ok
+            } else {
+                Answer::RateLimited
+            };
+            for limiter in [&leased, &own] {
+                limiter.on_response(&answer(Instant::now(), kind, None));
+            }
+        }
+        assert!(
+            matches!(own.pacing(), Pacing::Learned { .. }),
+            "{:?}",
+            own.pacing()
+        );
+        // ... a leased one only counts them for the pool, which learns from every sharer's.
+        assert_eq!(leased.pacing(), Pacing::Unpaced);
+        assert_eq!(leased.take_answers(), (800, 400));
+        assert_eq!(leased.take_answers(), (0, 0));
     }
 
     #[tokio::test(flavor = "current_thread")]

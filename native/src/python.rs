@@ -1,6 +1,7 @@
 //! PyO3 bindings: every `#[pymethods]` of the module `runner._native`, and the one place that
 //! maps native errors to Python exceptions.
 
+use crate::adaptive::AdaptiveRate;
 use crate::batch;
 use crate::batch_api::{self, BatchAnswer};
 use crate::client::{
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, Ordering as AtomicOrd
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
+use tokio::time::Instant;
 
 // Errors: the one place native failures become Python exceptions. The classes are
 // `runner.errors`' (subclasses of `RunnerError`), re-exported by this module under the same
@@ -183,6 +185,12 @@ impl Executor {
                 "grant: this executor takes no permits from outside (configure it granted)".into(),
             ))
         }
+    }
+
+    /// Answers and 429s since the last call (a `granted` executor: its pace is learned outside,
+    /// from the answers of every process sharing the limit; see `PaceLearner`).
+    fn take_answers(&self) -> (u64, u64) {
+        self.inner.take_answers()
     }
 
     /// Live counters for progress and metrics.
@@ -755,6 +763,48 @@ fn read_log(py: Python<'_>, segments: Vec<std::path::PathBuf>) -> PyResult<(Resu
     Ok((ResultBatch { batch }, recovered.torn))
 }
 
+/// The pace learned from 429s (`adaptive.rs`) for answers counted elsewhere: a cluster's permit
+/// pool feeds it every shard's answers, a time bin at a time, and leases the pace it learns.
+/// Times are the caller's clock in seconds (`start`: when the first bin begins); they must not
+/// go back.
+#[pyclass(module = "runner._native")]
+struct PaceLearner {
+    inner: AdaptiveRate,
+    base: Instant,
+    start: f64,
+}
+
+#[pymethods]
+impl PaceLearner {
+    #[new]
+    fn new(start: f64) -> Self {
+        let base = Instant::now();
+        Self {
+            inner: AdaptiveRate::new(base),
+            base,
+            start,
+        }
+    }
+
+    /// Counts `answers` answers, `limited` of them 429s, that came in up to time `at`.
+    fn record(&mut self, answers: u64, limited: u64, at: f64) {
+        let since = at - self.start;
+        let since = if since.is_finite() {
+            since.clamp(0.0, 1e9)
+        } else {
+            0.0
+        };
+        let at = self.base + Duration::from_secs_f64(since);
+        self.inner.record(answers, limited.min(answers), at);
+    }
+
+    /// The learned pace in requests per second; None while no limit has been found.
+    #[getter]
+    fn rate(&self) -> Option<f64> {
+        self.inner.rate()
+    }
+}
+
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -766,6 +816,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ModelClient>()?;
     m.add_class::<ChunkStream>()?;
     m.add_class::<MetricsServer>()?;
+    m.add_class::<PaceLearner>()?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     m.add_function(wrap_pyfunction!(read_log, m)?)?;
     m.add_function(wrap_pyfunction!(result_schema, m)?)?;

@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow.compute as pc
 
 from runner import memory
-from runner.engine import observability
+from runner.engine import observability, permits
 from runner.engine.base import Prepared
 from runner.engine.lane import LaneRun
 from runner.engine.outcome import Reporter, RunOutcome, Stop
@@ -35,6 +35,7 @@ class LiveEngine:
     def execute(self, run: Prepared, reporter: Reporter) -> RunOutcome:
         o, run_dir, say = run.spec, run.run_dir, reporter.say
         spent, grand_total = run.spent, run.rows
+        source = permits.current()  # a shard of a larger run: the budget is the run's
         to_send = grand_total - sum(1 for r in run.settled if r < grand_total)
         if len(run.lanes) == 1 and run.streamable:  # a matrix's rows finish lane by lane out of order: it compacts
             run_dir.stream_output(grand_total)
@@ -85,11 +86,13 @@ class LiveEngine:
                 for lane in list(active):
                     take(lane, wait)
                 stop.check()
-                if o.max_cost is not None and spent >= o.max_cost and not over_budget:
+                run_spent = spent if o.max_cost is None or source is None else source.spent(spent)
+                if o.max_cost is not None and run_spent >= o.max_cost and not over_budget:
                     over_budget = True
                     for lane in lanes:
                         lane.executor.drain()
-                    say(f"\nbudget reached: ${spent:.4f} of ${o.max_cost:g}; no new requests are sent")
+                    whose = "" if source is None else " by the whole run"
+                    say(f"\nbudget reached: ${run_spent:.4f} of ${o.max_cost:g} spent{whose}; no new requests are sent")
                 if write_error is None:
                     try:
                         if run_dir.flush_due():

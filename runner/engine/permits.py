@@ -5,7 +5,7 @@ With no source (every single-machine run) nothing changes: each executor paces i
 spec's `--rpm`/`--tpm` and the server's stated or learned limit. With one, `config` adjusts the
 executor's settings before it starts (e.g. `granted`: it sends only on permits handed to it) and
 `attach` gets the executor, to hand it permits while the lane runs and take back what it did not
-use when the lane ends.
+use when the lane ends; `spent` tells the run's spending, for one `--max-cost` across processes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ class PermitSource(Protocol):
 
     def detach(self, lane: Any, executor: Any) -> None:
         """The lane's executor is done: its unused permits go back."""
+        ...
+
+    def spent(self, own: float) -> float:
+        """What the whole run has spent (USD), given what this process's rows cost so far: the
+        figure `--max-cost` is held to."""
         ...
 
 

@@ -95,7 +95,7 @@ def run_cluster(spec: RunSpec, shards: int, address: str | None = None, reporter
         actor = ray.remote(num_cpus=0, max_restarts=-1)(PermitPool)
         pool = actor.options(name=pool_name(key), get_if_exists=True).remote([(lane.rpm, lane.tpm) for lane in lanes])
     options = {k: v for k, v in spec.saved().items() if k != "shard"}
-    if spec.max_cost is not None:  # each shard may spend its share of the budget
+    if spec.max_cost is not None and pool is None:  # without a pool each shard gets its share
         options["max_cost"] = spec.max_cost / shards
     task = ray.remote(run_shard).options(num_cpus=SHARD_CPUS, max_retries=max_retries, retry_exceptions=False,
                                          scheduling_strategy="SPREAD")

@@ -51,7 +51,7 @@ def run_shard(options: dict[str, Any], output: str, shard: str, pool: Any) -> di
     owner = OwnerToken(run_dir_for(spec.output))
     owner.claim()
     if pool is not None:
-        source: Any = LeaseKeeper(pool, f"{shard}:{uuid.uuid4().hex[:8]}")
+        source: Any = LeaseKeeper(pool, shard, f"{shard}:{uuid.uuid4().hex[:8]}")
     else:
         source = StaticShare(count)
     log = spec.output.with_name(spec.output.name + ".log")

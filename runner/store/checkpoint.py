@@ -125,8 +125,9 @@ class RunDir:
         #: Small parts this process wrote (only its own: their rows appear in no later part).
         self._small: list[Path] = []
         self._stream: OutputStream | None = None
-        #: Called before each part and the output are written; raises OutputError when this
-        #: process may no longer write here (runner.store.owner: another attempt of a shard).
+        #: Called once each part (and the output) is durable, just before it is renamed into
+        #: place, and before a compaction starts; raises OutputError when this process may no
+        #: longer write here (runner.store.owner: another attempt of a shard).
         self.guard: Callable[[], None] | None = None
 
     # -- the run's record ------------------------------------------------------------------
@@ -310,10 +311,8 @@ class RunDir:
     def _write_part(self, table: pa.Table) -> None:
         dest = self.parts / f"part-{self._next_part:06d}.parquet"
         table = table.combine_chunks()
-        if self.guard is not None:
-            self.guard()
         try:
-            write_atomic(table, dest, **PART_OPTIONS)
+            write_atomic(table, dest, self.guard, **PART_OPTIONS)
         except OSError as err:
             raise OutputError(f"{dest}: cannot write results: {oserror_text(err)}") from None
         self._next_part += 1
@@ -344,7 +343,7 @@ class RunDir:
             self.guard()
         if self._stream is not None:
             stream, self._stream = self._stream, None
-            summaries = stream.finish(metadata)
+            summaries = stream.finish(metadata, self.guard)
             if summaries is not None:
                 return summaries
         pool = pa.default_memory_pool()
@@ -360,7 +359,7 @@ class RunDir:
         summary_columns = [c for c in SUMMARY_COLUMNS if c in out_schema.names]
         summaries: list[pa.Table] = []
         try:
-            with atomic_file(self.output) as fh:
+            with atomic_file(self.output, self.guard) as fh:
                 with pq.ParquetWriter(fh, out_schema, **OUTPUT_OPTIONS) as writer:
                     # The next window is read and sorted on a thread while this one is written
                     # (100k benchmark rows: 0.55 s -> 0.39 s).

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,32 +23,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def put_in_place(fh: BinaryIO, tmp: Path, dest: Path) -> None:
-    """Makes the temporary file `tmp` (open as `fh`) durable, closes it and renames it to
-    `dest`, then makes the rename durable."""
+#: Called once the new file is durable, just before it is renamed into place; raising leaves
+#: the destination as it was (the owner token's check: runner/store/owner.py).
+Check = Callable[[], None]
+
+
+def put_in_place(fh: BinaryIO, tmp: Path, dest: Path, check: Check | None = None) -> None:
+    """Makes the temporary file `tmp` (open as `fh`) durable, closes it, runs `check`, renames
+    it to `dest`, then makes the rename durable."""
     fh.flush()
     os.fsync(fh.fileno())
     fh.close()
+    if check is not None:
+        check()
     os.replace(tmp, dest)
     _fsync_dir(dest.parent)
 
 
 @contextlib.contextmanager
-def atomic_file(dest: Path) -> Iterator[BinaryIO]:
+def atomic_file(dest: Path, check: Check | None = None) -> Iterator[BinaryIO]:
     """A file that appears at `dest` whole or not at all: written to a temporary file, fsynced,
-    renamed into place, and the directory fsynced."""
+    checked (`check`), renamed into place, and the directory fsynced."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             yield fh
-            put_in_place(fh, tmp, dest)
+            put_in_place(fh, tmp, dest, check)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(table: pa.Table, dest: Path, **options: Any) -> None:
+def write_atomic(table: pa.Table, dest: Path, check: Check | None = None, **options: Any) -> None:
     """Writes `table` to `dest` as Parquet (zstd unless `options` say otherwise), atomically."""
-    with atomic_file(dest) as fh:
+    with atomic_file(dest, check) as fh:
         pq.write_table(table, fh, **{"compression": "zstd", **options})
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from runner.store.files import OUTPUT_OPTIONS, SUMMARY_COLUMNS, put_in_place
+from runner.store.files import OUTPUT_OPTIONS, SUMMARY_COLUMNS, Check, put_in_place
 
 #: Rows are written once this many have arrived since the last try.
 WINDOW_ROWS = 10_000
@@ -60,9 +60,10 @@ class OutputStream:
         elif self._held_rows - self._tried_at >= WINDOW_ROWS:
             self._write_ready()
 
-    def finish(self, metadata: dict[bytes, bytes]) -> pa.Table | None:
-        """Writes the rest and puts the output in place; returns the summary columns of all rows,
-        or None when the stream cannot complete the output (the caller compacts instead)."""
+    def finish(self, metadata: dict[bytes, bytes], check: Check | None = None) -> pa.Table | None:
+        """Writes the rest and puts the output in place (`check` may refuse it just before the
+        rename); returns the summary columns of all rows, or None when the stream cannot
+        complete the output (the caller compacts instead)."""
         if not self.active:
             return None
         if self._held:
@@ -78,10 +79,13 @@ class OutputStream:
                 {**metadata, b"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes())}
             )
             self._writer.close()
-            put_in_place(self._fh, self.tmp, self.output)
+            put_in_place(self._fh, self.tmp, self.output, check)
         except OSError:
             self.abort()
             return None
+        except BaseException:
+            self.abort()
+            raise
         self._writer = self._fh = None
         self.active = False
         # Read back rather than held: they would be ~34 bytes per row in memory all run long.

@@ -2,11 +2,13 @@
 claimed it last.
 
 A Ray task that runs a shard claims the shard's run directory when it starts, writing a fresh
-token to `OUTPUT.run/owner`; before each part (and the output) is written it reads the file
-again, and stops with an OutputError if another attempt has claimed it since (Ray retried the
-shard while this attempt was cut off, not dead). Two live attempts of one shard therefore never
-both write: the older one loses at its next part, having written nothing after the newer one
-started. The file is read afresh each time (open, read, close), which NFS's close-to-open
+token to `OUTPUT.run/owner`; once each part (and the output) is written and fsynced under a
+temporary name, just before it is renamed into place, it reads the file again, and stops with
+an OutputError if another attempt has claimed it since (Ray retried the shard while this
+attempt was cut off, not dead); the temporary file goes. Two live attempts of one shard
+therefore never both write: the older one loses at its next part, having put nothing in place
+after the newer one started (but for a claim that lands between the read and the rename, a
+window of one system call). The file is read afresh each time (open, read, close), which NFS's close-to-open
 consistency makes current.
 """
 
