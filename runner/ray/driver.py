@@ -125,6 +125,8 @@ def run_cluster(spec: RunSpec, shards: int, address: str | None = None, reporter
         for ref in pending:
             ray.cancel(ref)
         return RunOutcome(spec.output, Stop.INTERRUPTED, message=f"the shards' state is kept in {outputs[0].parent}")
+    if pool is not None:
+        _say_learned(ray, pool, lanes, reporter)
     total_rows = sum(r.get("rows", 0) for r in results.values())
     bad = [r for r in results.values() if r["stop"] != Stop.COMPLETED.value]
     if bad:
@@ -143,6 +145,18 @@ def run_cluster(spec: RunSpec, shards: int, address: str | None = None, reporter
     ok = int(pc.sum(pc.equal(status, "ok")).as_py() or 0)
     reporter.say(f"merged {shards} shards in {time.monotonic() - started:.1f} s")
     return RunOutcome(spec.output, Stop.COMPLETED, rows=merged.rows, written=merged.rows, ok=ok, failed=merged.rows - ok)
+
+
+def _say_learned(ray: Any, pool: Any, lanes: list[Any], reporter: Reporter) -> None:
+    """The pace the pool learned from the shards' 429s, per model, as a single run says it."""
+    try:
+        models = ray.get(pool.state.remote(), timeout=10)["models"]
+    except Exception:  # noqa: BLE001 - the pool gone: nothing to say
+        return
+    for lane, model in zip(lanes, models):
+        if model.get("learned_rps"):
+            reporter.say(f"pacing ({lane.model}): {model['learned_rps']:.1f} requests/s for the cluster, "
+                         "learned from the server's 429s")
 
 
 def _first_line(err: BaseException) -> str:
