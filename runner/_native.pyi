@@ -127,6 +127,7 @@ def is_reasoning_model(name: str) -> bool:
 def read_log(segments: list[str]) -> tuple[ResultBatch, int]: ...
 def result_schema() -> ResultSchema: ...
 
+@final
 class PaceLearner:
     """The pace learned from 429s, fed answers counted elsewhere (a cluster's permit pool), a
     time bin at a time; ``start`` and ``at`` are the caller's clock in seconds, never going back."""
