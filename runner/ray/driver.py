@@ -88,21 +88,16 @@ def run_cluster(spec: RunSpec, shards: int, address: str | None = None, reporter
                  configure_logging=False)
     lanes = spec.lanes()
     key = hashlib.sha256(str(spec.output).encode()).hexdigest()[:12]
-    from runner._native import Executor
-
-    pool = None  # the handle is held for the whole run: the actor lives as long as it
-    if hasattr(Executor, "grant"):
-        actor = ray.remote(num_cpus=0, max_restarts=-1)(PermitPool)
-        pool = actor.options(name=pool_name(key), get_if_exists=True).remote([(lane.rpm, lane.tpm) for lane in lanes])
+    # The handle is held for the whole run: the actor lives as long as it.
+    actor = ray.remote(num_cpus=0, max_restarts=-1)(PermitPool)
+    pool = actor.options(name=pool_name(key), get_if_exists=True).remote([(lane.rpm, lane.tpm) for lane in lanes])
     options = {k: v for k, v in spec.saved().items() if k != "shard"}
-    if spec.max_cost is not None and pool is None:  # without a pool each shard gets its share
-        options["max_cost"] = spec.max_cost / shards
     task = ray.remote(run_shard).options(num_cpus=SHARD_CPUS, max_retries=max_retries, retry_exceptions=False,
                                          scheduling_strategy="SPREAD")
     outputs = [shard_output(spec.output, Shard(i, shards)) for i in range(shards)]
     outputs[0].parent.mkdir(parents=True, exist_ok=True)
     reporter.say(f"{shards} shards on Ray ({', '.join(str(o) for o in outputs[:1])} ...), "
-                 f"rate limits shared by {'leases from one pool' if pool else 'a fixed share each'}")
+                 "rate limits and budget shared by leases from one pool")
     started = time.monotonic()
     refs = {task.remote(options, str(out), f"{i}/{shards}", pool): i for i, out in enumerate(outputs)}
     results: dict[int, dict[str, Any]] = {}
@@ -125,8 +120,7 @@ def run_cluster(spec: RunSpec, shards: int, address: str | None = None, reporter
         for ref in pending:
             ray.cancel(ref)
         return RunOutcome(spec.output, Stop.INTERRUPTED, message=f"the shards' state is kept in {outputs[0].parent}")
-    if pool is not None:
-        _say_learned(ray, pool, lanes, reporter)
+    _say_learned(ray, pool, lanes, reporter)
     total_rows = sum(r.get("rows", 0) for r in results.values())
     bad = [r for r in results.values() if r["stop"] != Stop.COMPLETED.value]
     if bad:

@@ -226,29 +226,3 @@ class LeaseKeeper:
             ray.get(self.pool.release.remote(self.holder), timeout=5)
         except Exception:  # noqa: BLE001 - a pool gone: its leases end on their own
             pass
-
-
-class StaticShare:
-    """The permit source of a native module without `grant`: each shard gets 1/N of the limits,
-    fixed (no shares moved from a finished or dead shard)."""
-
-    def __init__(self, shards: int) -> None:
-        self.shards = shards
-
-    def config(self, lane: Any) -> dict[str, Any]:
-        return {
-            "rpm": max(1, lane.rpm // self.shards) if lane.rpm else None,
-            "tpm": max(1, lane.tpm // self.shards) if lane.tpm else None,
-        }
-
-    def attach(self, lane: Any, executor: Any) -> None:
-        pass
-
-    def detach(self, lane: Any, executor: Any) -> None:
-        pass
-
-    def spent(self, own: float) -> float:
-        return own  # each shard is given its share of the budget instead
-
-    def close(self) -> None:
-        pass

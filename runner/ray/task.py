@@ -38,22 +38,17 @@ class OwnedEngine:
 
 def run_shard(options: dict[str, Any], output: str, shard: str, pool: Any) -> dict[str, Any]:
     """Runs shard `shard` ("I/N") of the run `options` into `output`; its permits come from the
-    run's `PermitPool` actor `pool` (None: a fixed share of the limits). Returns how it ended."""
+    run's `PermitPool` actor `pool`. Returns how it ended."""
     from runner.engine import permits
     from runner.engine.pipeline import run_spec
-    from runner.engine.shard import parse_shard
     from runner.engine.spec import RunSpec
-    from runner.ray.permits import LeaseKeeper, StaticShare
+    from runner.ray.permits import LeaseKeeper
     from runner.store.checkpoint import RunDir, run_dir_for
 
     spec = RunSpec(output=Path(output), **{**options, "shard": shard})
-    count = parse_shard(shard).count  # type: ignore[union-attr]
     owner = OwnerToken(run_dir_for(spec.output))
     owner.claim()
-    if pool is not None:
-        source: Any = LeaseKeeper(pool, shard, f"{shard}:{uuid.uuid4().hex[:8]}")
-    else:
-        source = StaticShare(count)
+    source = LeaseKeeper(pool, shard, f"{shard}:{uuid.uuid4().hex[:8]}")
     log = spec.output.with_name(spec.output.name + ".log")
     permits.use(source)
     try:
@@ -87,5 +82,5 @@ def run_shard(options: dict[str, Any], output: str, shard: str, pool: Any) -> di
         "ok": outcome.ok,
         "failed": outcome.failed,
         "pid": os.getpid(),
-        "error": getattr(source, "error", None),
+        "error": source.error,
     }
