@@ -338,6 +338,8 @@ struct LeaseState {
     until: Instant,
     next_request: Instant,
     next_token: Instant,
+    /// The tokens of the last request booked: what `next_token` is owed for.
+    last_tokens: f64,
 }
 
 impl Lease {
@@ -350,6 +352,7 @@ impl Lease {
                 until: now,
                 next_request: now,
                 next_token: now,
+                last_tokens: 0.0,
             }),
             renewed: tokio::sync::Notify::new(),
         }
@@ -365,10 +368,10 @@ impl Lease {
             let mut s = self.state.lock().unwrap();
             let now = Instant::now();
             let (requests, tokens) = (lease_rate(requests), lease_rate(tokens));
-            // What the last request booked at the old rates is owed at the new ones: a request
-            // booked on a tiny share must not hold every later, larger lease back.
-            s.next_request = rebase(s.next_request, now, s.requests, requests);
-            s.next_token = rebase(s.next_token, now, s.tokens, tokens);
+            // The last request booked owes its spacing at the new rates, whatever rate (or wait)
+            // it was booked on: one booked on a tiny share must not hold later leases back.
+            s.next_request = owed(s.next_request, now, 1.0, requests);
+            s.next_token = owed(s.next_token, now, s.last_tokens, tokens);
             s.requests = requests;
             s.tokens = tokens;
             s.until = now + Duration::from_secs_f64(seconds);
@@ -398,7 +401,8 @@ impl Lease {
             s.next_request = at + Duration::from_secs_f64(1.0 / s.requests);
         }
         if s.tokens > 0.0 {
-            s.next_token = at + Duration::from_secs_f64(f64::from(tokens.max(1)) / s.tokens);
+            s.last_tokens = f64::from(tokens.max(1));
+            s.next_token = at + Duration::from_secs_f64(s.last_tokens / s.tokens);
         }
         Some(at)
     }
@@ -433,17 +437,14 @@ fn lease_rate(rate: f64) -> f64 {
 /// The slowest leased rate that is booked (a request a thousand seconds); slower is a wait.
 const MIN_LEASE_RATE: f64 = 1e-3;
 
-/// The next free time `next`, booked at rate `old`, moved to what the same debt takes at `new`.
-fn rebase(next: Instant, now: Instant, old: f64, new: f64) -> Instant {
-    if next <= now || old <= 0.0 {
-        return next;
+/// The next free time `next`, for a debt of `units` (a request, or its tokens), at `rate`: no
+/// later than the debt takes at it (a rate of 0 or below books nothing, and leaves it).
+fn owed(next: Instant, now: Instant, units: f64, rate: f64) -> Instant {
+    if rate > 0.0 {
+        next.min(now + Duration::from_secs_f64(units / rate))
+    } else {
+        next
     }
-    if new <= 0.0 {
-        // Not limited any more, or a wait: the debt is forgiven, or kept for a later lease.
-        return if new < 0.0 { now } else { next };
-    }
-    let debt = next.saturating_duration_since(now).as_secs_f64() * old;
-    now + Duration::from_secs_f64(debt / new)
 }
 
 #[cfg(test)]
@@ -610,6 +611,20 @@ mod tests {
         limiter.grant(1e-300, -1.0, 1.0);
         let waited = tokio::time::timeout(Duration::from_millis(100), limiter.wait_turn(1)).await;
         assert!(waited.is_err());
+        // Nor does one booked on a tiny share with a wait (or no limit) between the leases, for
+        // requests or for tokens.
+        for (requests, tokens) in [(0.01, -1.0), (-1.0, 1.0)] {
+            limiter.grant(requests, tokens, 1.0);
+            tokio::time::timeout(Duration::from_millis(100), limiter.wait_turn(10))
+                .await
+                .expect("the first request of a lease goes at once");
+            limiter.grant(0.0, 0.0, 0.05);
+            limiter.grant(-1.0, -1.0, 0.05);
+            limiter.grant(100.0, 10_000.0, 1.0);
+            tokio::time::timeout(Duration::from_millis(100), limiter.wait_turn(10))
+                .await
+                .expect("held back by a request booked on a tiny share before a wait");
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
