@@ -338,8 +338,10 @@ struct LeaseState {
     until: Instant,
     next_request: Instant,
     next_token: Instant,
-    /// The tokens of the last request booked: what `next_token` is owed for.
-    last_tokens: f64,
+    /// The rates the requests and tokens booked so far were spaced at (0: none booked): what
+    /// `next_request` and `next_token` are owed at.
+    booked_requests: f64,
+    booked_tokens: f64,
 }
 
 impl Lease {
@@ -352,7 +354,8 @@ impl Lease {
                 until: now,
                 next_request: now,
                 next_token: now,
-                last_tokens: 0.0,
+                booked_requests: 0.0,
+                booked_tokens: 0.0,
             }),
             renewed: tokio::sync::Notify::new(),
         }
@@ -368,10 +371,12 @@ impl Lease {
             let mut s = self.state.lock().unwrap();
             let now = Instant::now();
             let (requests, tokens) = (lease_rate(requests), lease_rate(tokens));
-            // The last request booked owes its spacing at the new rates, whatever rate (or wait)
-            // it was booked on: one booked on a tiny share must not hold later leases back.
-            s.next_request = owed(s.next_request, now, 1.0, requests);
-            s.next_token = owed(s.next_token, now, s.last_tokens, tokens);
+            // What the requests booked so far owe is owed at the new rates, whatever leases
+            // (waits, no limit) came between: one booked on a tiny share must not hold later,
+            // larger leases back.
+            (s.next_request, s.booked_requests) =
+                rebase(s.next_request, now, s.booked_requests, requests);
+            (s.next_token, s.booked_tokens) = rebase(s.next_token, now, s.booked_tokens, tokens);
             s.requests = requests;
             s.tokens = tokens;
             s.until = now + Duration::from_secs_f64(seconds);
@@ -399,10 +404,11 @@ impl Lease {
         }
         if s.requests > 0.0 {
             s.next_request = at + Duration::from_secs_f64(1.0 / s.requests);
+            s.booked_requests = s.requests;
         }
         if s.tokens > 0.0 {
-            s.last_tokens = f64::from(tokens.max(1));
-            s.next_token = at + Duration::from_secs_f64(s.last_tokens / s.tokens);
+            s.next_token = at + Duration::from_secs_f64(f64::from(tokens.max(1)) / s.tokens);
+            s.booked_tokens = s.tokens;
         }
         Some(at)
     }
@@ -437,14 +443,18 @@ fn lease_rate(rate: f64) -> f64 {
 /// The slowest leased rate that is booked (a request a thousand seconds); slower is a wait.
 const MIN_LEASE_RATE: f64 = 1e-3;
 
-/// The next free time `next`, for a debt of `units` (a request, or its tokens), at `rate`: no
-/// later than the debt takes at it (a rate of 0 or below books nothing, and leaves it).
-fn owed(next: Instant, now: Instant, units: f64, rate: f64) -> Instant {
-    if rate > 0.0 {
-        next.min(now + Duration::from_secs_f64(units / rate))
-    } else {
-        next
+/// The next free time `next`, booked at rate `booked`, moved to what the same debt takes at a
+/// new lease's `rate`, with the rate it is now owed at; a lease that books nothing (a wait, no
+/// limit) leaves both.
+fn rebase(next: Instant, now: Instant, booked: f64, rate: f64) -> (Instant, f64) {
+    if rate <= 0.0 {
+        return (next, booked);
     }
+    if next <= now || booked <= 0.0 {
+        return (next, rate);
+    }
+    let debt = next.saturating_duration_since(now).as_secs_f64() * booked;
+    (now + Duration::from_secs_f64(debt / rate), rate)
 }
 
 #[cfg(test)]
@@ -625,6 +635,27 @@ mod tests {
                 .await
                 .expect("held back by a request booked on a tiny share before a wait");
         }
+    }
+
+    #[test]
+    fn a_renewal_keeps_what_was_booked_on_the_lease_before() {
+        // 20 requests booked at 100 a second run 0.2 s ahead; a renewal at the same rate keeps
+        // them (the next is 0.2 s out), one at twice the rate owes half as long.
+        let lease = Lease::new();
+        lease.grant(100.0, -1.0, 1.0);
+        let start = Instant::now();
+        for _ in 0..20 {
+            lease.book(1).expect("within the lease");
+        }
+        lease.grant(100.0, -1.0, 1.0);
+        let next = lease.book(1).unwrap().duration_since(start);
+        assert!(next >= Duration::from_millis(195), "{next:?}");
+        lease.grant(200.0, -1.0, 1.0);
+        let next = lease.book(1).unwrap().duration_since(start);
+        assert!(
+            (Duration::from_millis(100)..Duration::from_millis(150)).contains(&next),
+            "{next:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
